@@ -47,8 +47,14 @@ def serve(host: str, sage_port: int, wms_port: int, no_wms: bool, data_dir: Path
 
 @sandbox.command()
 @click.argument("scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--sage-url", default=lambda: os.environ.get("SAGE200_SANDBOX_URL", f"http://127.0.0.1:{DEFAULT_SAGE_PORT}"))
-@click.option("--wms-url", default=lambda: os.environ.get("MINTSOFT_SANDBOX_URL", f"http://127.0.0.1:{DEFAULT_WMS_PORT}"))
+@click.option(
+    "--sage-url",
+    default=lambda: os.environ.get("SAGE200_SANDBOX_URL", f"http://127.0.0.1:{DEFAULT_SAGE_PORT}"),
+)
+@click.option(
+    "--wms-url",
+    default=lambda: os.environ.get("MINTSOFT_SANDBOX_URL", f"http://127.0.0.1:{DEFAULT_WMS_PORT}"),
+)
 def load(scenario_file: Path, sage_url: str, wms_url: str) -> None:
     """Validate SCENARIO_FILE and load it into both running simulators."""
     from sage_wms_pipeline.scenario.io import ScenarioError, load_into_sandbox, read_scenario
@@ -87,8 +93,8 @@ def scenario() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def schema(output: Path | None) -> None:
     """Print (or write) the JSON Schema of a scenario file."""
-    from sage_wms_pipeline.scenario.io import scenario_json_schema
     from sage_wms_pipeline.jsonutil import dumps
+    from sage_wms_pipeline.scenario.io import scenario_json_schema
 
     text = dumps(scenario_json_schema(), indent=2)
     if output:
@@ -107,7 +113,9 @@ def check(scenario_file: Path) -> None:
         s = read_scenario(scenario_file)
     except ScenarioError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"ok: {s.name!r}, {len(s.products)} SKUs, {len(s.orders)} orders, {len(s.drift)} planted drift")
+    click.echo(
+        f"ok: {s.name!r}, {len(s.products)} SKUs, {len(s.orders)} orders, {len(s.drift)} planted drift"
+    )
 
 
 @main.command()

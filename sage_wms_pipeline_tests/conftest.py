@@ -69,8 +69,19 @@ class Sandbox:
 def start_sandbox(data_dir: Path, with_wms: bool | None = None) -> Sandbox:
     with_wms = _wms_available() if with_wms is None else with_wms
     sage_port, wms_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "sage_wms_pipeline.cli", "sandbox", "serve",
-           "--sage-port", str(sage_port), "--wms-port", str(wms_port), "--data-dir", str(data_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sage_wms_pipeline.cli",
+        "sandbox",
+        "serve",
+        "--sage-port",
+        str(sage_port),
+        "--wms-port",
+        str(wms_port),
+        "--data-dir",
+        str(data_dir),
+    ]
     if not with_wms:
         cmd.append("--no-wms")
     log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115 - lives as long as the process

@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 ProductType = Literal["Stock", "ServiceLabour", "Miscellaneous"]
 CostingMethod = Literal["FIFO", "Average", "Standard"]
@@ -50,15 +50,26 @@ class _Strict(BaseModel):
 
 
 class ProductGroup(_Strict):
-    code: str = Field(max_length=20)
+    """A Sage product group: every product in it shares the product type and the costing method."""
+
+    code: str = Field(max_length=20, description="Sage product group code; products name it in `group`")
     name: str = Field(max_length=60)
-    product_type: ProductType = "Stock"
-    costing_method: CostingMethod = "Average"
+    product_type: ProductType = Field(
+        default="Stock",
+        description="Stock items hold stock in warehouses; ServiceLabour and Miscellaneous items never do",
+    )
+    costing_method: CostingMethod = Field(
+        default="Average",
+        description="How Sage values stock: FIFO (cost layers, see OpeningStock.fifo_layers), "
+        "Average (average buying price = unit_cost) or Standard (standard cost = unit_cost)",
+    )
     stock_nominal_code: str = Field(default="1001", description="Nominal account of the stock asset")
     issue_nominal_code: str = Field(default="5000", description="Nominal account of cost of sales")
 
 
 class Product(_Strict):
+    """One Sage product and how it is known in the WMS."""
+
     sku: str = Field(max_length=30, description="Sage 200 product code")
     name: str = Field(max_length=60)
     group: str = Field(description="ProductGroup.code")
@@ -68,8 +79,10 @@ class Product(_Strict):
     wms_units_per_sage_unit: int = Field(
         default=1, ge=1, description="WMS eaches in one Sage unit (a UoM mismatch when > 1)"
     )
-    abc_class: Literal["A", "B", "C"] = "C"
-    barcode: str | None = None
+    abc_class: Literal["A", "B", "C"] = Field(
+        default="C", description="Value class: A ~ top 80% of stock value, B the next 15%, C the rest"
+    )
+    barcode: str | None = Field(default=None, description="EAN-13, informational")
 
     @property
     def wms_code(self) -> str:
@@ -77,31 +90,52 @@ class Product(_Strict):
 
 
 class Warehouse(_Strict):
-    sage_name: str = Field(max_length=20)
-    wms_warehouse_id: int = Field(ge=1)
-    wms_name: str
-    kind: Literal["own", "3pl"] = "own"
+    """A warehouse as Sage names it and as the WMS numbers it."""
+
+    sage_name: str = Field(max_length=20, description="Sage warehouse name; rows elsewhere name it")
+    wms_warehouse_id: int = Field(ge=1, description="WarehouseId in the WMS")
+    wms_name: str = Field(description="Warehouse name shown by the WMS")
+    kind: Literal["own", "3pl"] = Field(default="own", description="Own site or third-party logistics")
 
 
 class CostLayer(_Strict):
-    quantity: Decimal = Field(gt=0)
-    unit_cost: Decimal = Field(ge=0)
-    received: datetime
+    """One FIFO cost layer: a quantity still on hand from one receipt, at that receipt's cost."""
+
+    quantity: Decimal = Field(gt=0, description="Sage units")
+    unit_cost: Decimal = Field(ge=0, description="GBP per Sage unit")
+    received: datetime = Field(description="When the layer was received; oldest is issued first")
 
 
 class OpeningStock(_Strict):
-    sku: str
+    """Stock of one SKU in one warehouse on both sides, before the scenario's orders and receipts.
+
+    Simulators apply `SalesOrder.in_wms` despatches and booked/posted `Receipt`s on top of it.
+    """
+
+    sku: str = Field(description="Product.sku (a Stock item)")
     warehouse: str = Field(description="Warehouse.sage_name")
-    sage_confirmed: Decimal = Field(ge=0)
-    sage_unconfirmed: Decimal = Field(default=Decimal(0), ge=0, description="Received, not invoiced")
-    wms_on_hand: Decimal | None = Field(
-        default=None, ge=0, description="WMS sellable level in WMS units; default mirrors Sage"
+    sage_confirmed: Decimal = Field(ge=0, description="Sage confirmed quantity in stock, Sage units")
+    sage_unconfirmed: Decimal = Field(
+        default=Decimal(0), ge=0, description="Received, not invoiced (Sage units); part of quantity in stock"
     )
-    wms_quarantine: Decimal = Field(default=Decimal(0), ge=0)
-    fifo_layers: list[CostLayer] = Field(default_factory=list, description="FIFO groups only")
+    wms_on_hand: Decimal | None = Field(
+        default=None,
+        ge=0,
+        description="WMS sellable level in WMS units, quarantine excluded; "
+        "default (sage_confirmed + sage_unconfirmed) * wms_units_per_sage_unit",
+    )
+    wms_quarantine: Decimal = Field(
+        default=Decimal(0), ge=0, description="WMS units in quarantine (not sellable, not in Sage)"
+    )
+    fifo_layers: list[CostLayer] = Field(
+        default_factory=list,
+        description="FIFO groups only, and then required: layer quantities sum to sage_confirmed",
+    )
 
 
 class Customer(_Strict):
+    """A Sage customer account; orders name it."""
+
     account: str = Field(max_length=8)
     name: str = Field(max_length=60)
     address_1: str = ""
@@ -112,12 +146,14 @@ class Customer(_Strict):
 
 
 class OrderLine(_Strict):
+    """A Sage order line. Standard lines name a product; Charge, FreeText and Comment lines do not."""
+
     line_type: LineType = "Standard"
     sku: str | None = Field(default=None, description="Sage product code; Standard lines only")
     warehouse: str | None = Field(default=None, description="Warehouse.sage_name; Standard lines only")
-    quantity: Decimal = Field(default=Decimal(0), ge=0)
-    unit_price: Decimal = Field(default=Decimal(0), ge=0)
-    description: str = Field(default="", max_length=60)
+    quantity: Decimal = Field(default=Decimal(0), ge=0, description="Sage units")
+    unit_price: Decimal = Field(default=Decimal(0), ge=0, description="GBP per Sage unit, net of VAT")
+    description: str = Field(default="", max_length=60, description="Text of FreeText, Charge, Comment lines")
 
     @model_validator(mode="after")
     def _standard_lines_name_a_product(self) -> OrderLine:
@@ -142,29 +178,41 @@ class WmsOrderState(_Strict):
 
 
 class SalesOrder(_Strict):
-    document_no: str = Field(max_length=20)
+    """A Sage sales order. Only orders with `in_wms` exist in the WMS at load; the pipeline sends the rest."""
+
+    document_no: str = Field(max_length=20, description="Sage order number, unique")
     customer: str = Field(description="Customer.account")
     document_date: datetime
-    status: OrderStatus = "Live"
+    status: OrderStatus = Field(default="Live", description="Sage status; Live orders are allocated at load")
     lines: list[OrderLine] = Field(min_length=1)
     courier_service: str = "Royal Mail 48"
-    in_wms: WmsOrderState | None = None
+    in_wms: WmsOrderState | None = Field(
+        default=None, description="Where the order already stands in the WMS (planted timing drift)"
+    )
 
 
 class Receipt(_Strict):
-    """Goods expected in (an ASN). booked_in_wms with posted_to_sage false is planted timing drift."""
+    """Goods expected in (an ASN). booked_in_wms with posted_to_sage false is planted timing drift.
 
-    reference: str
-    sku: str
-    warehouse: str
-    quantity: Decimal = Field(gt=0)
-    unit_cost: Decimal = Field(ge=0)
-    expected: datetime
-    booked_in_wms: bool = False
-    posted_to_sage: bool = False
+    OpeningStock is the position before receipts (as it is before `SalesOrder.in_wms` despatches):
+    on load the WMS simulator adds a booked_in_wms receipt to its level (quantity *
+    wms_units_per_sage_unit) and the Sage simulator adds a posted_to_sage receipt to its quantity
+    in stock (a goods-in movement at unit_cost). See docs/scenarios.md.
+    """
+
+    reference: str = Field(description="ASN / goods-received reference, unique")
+    sku: str = Field(description="Product.sku (a Stock item)")
+    warehouse: str = Field(description="Warehouse.sage_name")
+    quantity: Decimal = Field(gt=0, description="Sage units")
+    unit_cost: Decimal = Field(ge=0, description="GBP per Sage unit")
+    expected: datetime = Field(description="When the goods are (or were) due")
+    booked_in_wms: bool = Field(default=False, description="Already booked in at the WMS at load")
+    posted_to_sage: bool = Field(default=False, description="Already recorded in Sage at load")
 
 
 class WarehouseBehaviour(_Strict):
+    """How the simulated warehouse works orders once the pipeline has sent them (rates are shares)."""
+
     seed: int = 42
     clock_speed: Decimal = Field(default=Decimal(60), gt=0, description="Warehouse seconds per real second")
     hours_to_print: Decimal = Decimal("0.5")
@@ -205,17 +253,37 @@ class WmsFaults(_Strict):
 
 
 class Faults(_Strict):
+    """Fault injection in the simulators; all off by default."""
+
     sage: SageFaults = Field(default_factory=SageFaults)
     wms: WmsFaults = Field(default_factory=WmsFaults)
 
 
 class PlantedDrift(_Strict):
+    """One planted difference and how it was made (see docs/scenarios.md for each kind)."""
+
     kind: DriftKind
-    sku: str
-    warehouse: str
+    sku: str = Field(description="Product.sku")
+    warehouse: str = Field(description="Warehouse.sage_name")
     quantity: Decimal = Field(description="Units, signed as WMS - Sage, in Sage units")
     detail: str = ""
-    new_standard_cost: Decimal | None = None
+    new_standard_cost: Decimal | None = Field(
+        default=None,
+        ge=0,
+        description="standard_cost_change only: the standard cost now (= Product.unit_cost)",
+    )
+    cause: VarianceCause | None = Field(
+        default=None, description="Which cause the difference is classified under (ExpectedVariance.cause)"
+    )
+    reference: str | None = Field(
+        default=None, description="The order document_no or receipt reference that realises it, if any"
+    )
+    previous_standard_cost: Decimal | None = Field(
+        default=None, ge=0, description="standard_cost_change only: the standard cost before `effective`"
+    )
+    effective: datetime | None = Field(
+        default=None, description="standard_cost_change only: when the new standard cost took effect"
+    )
 
 
 class ExpectedVariance(_Strict):
@@ -235,6 +303,8 @@ class SageSettings(_Strict):
 
 
 class Scenario(_Strict):
+    """One retailer's data for both simulators, with planted drift and its ground truth."""
+
     name: str
     description: str = ""
     starts_at: datetime = Field(description="Simulated clock at load (UTC)")
@@ -251,6 +321,20 @@ class Scenario(_Strict):
     faults: Faults = Field(default_factory=Faults)
     drift: list[PlantedDrift] = Field(default_factory=list)
     expected: list[ExpectedVariance] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_references_hold(self, info: ValidationInfo) -> Scenario:
+        # Rows must refer to each other consistently; sage_wms_pipeline.scenario.io lists the problems
+        # row by row and asks to skip this pass (context skip_cross_checks) to report them itself.
+        if info.context and info.context.get("skip_cross_checks"):
+            return self
+        from sage_wms_pipeline.scenario.checks import scenario_problems
+
+        problems = scenario_problems(self)
+        if problems:
+            more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise ValueError(f"{len(problems)} problem(s):\n" + "\n".join(problems[:20]) + more)
+        return self
 
     def product(self, sku: str) -> Product:
         return self._products_by_sku()[sku]

@@ -11,7 +11,9 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 
-def build_servers(host: str, sage_port: int | None, wms_port: int | None, data_dir: Path) -> list[uvicorn.Server]:
+def build_servers(
+    host: str, sage_port: int | None, wms_port: int | None, data_dir: Path
+) -> list[uvicorn.Server]:
     data_dir.mkdir(parents=True, exist_ok=True)
     servers: list[uvicorn.Server] = []
     if sage_port is not None:

@@ -1,0 +1,241 @@
+"""Checks on the fulfilment flow: sync illusion, stuck and orphaned records, despatch latency,
+manifest totals, and the open exceptions summarised by owner (the daily sync check's digest)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from sage_wms_pipeline import jsonutil
+from sage_wms_pipeline.defs.checks._support import read_table, result_from, to_e5
+from sage_wms_pipeline.defs.ingest import store
+from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource
+from sage_wms_pipeline.domain import checks
+from sage_wms_pipeline.domain.manifests import parse_order_number
+from sage_wms_pipeline.storage import tables
+
+SAGE_OPEN_STATUS = "EnumDocumentStatusLive"
+STOCK_LINE = "EnumLineTypeStandard"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -------------------------------------------------------------------------------- frame builders
+
+
+def wms_despatched_orders(engine: Any) -> pd.DataFrame:
+    """WMS orders (all parts) that have despatched, under their Sage document number."""
+    orders = read_table(engine, store.wms_orders)
+    desp = orders[orders["despatched_at"].notna() | (orders["status"] == "DESPATCHED")]
+    desp = desp[desp["despatched_at"].notna()]
+    return pd.DataFrame(
+        {
+            "order_number": [parse_order_number(str(n))[0] for n in desp["order_number"]],
+            "despatched_at": desp["despatched_at"].to_numpy(),
+        }
+    )
+
+
+def sage_open_orders(engine: Any) -> pd.DataFrame:
+    """Sage orders still Live with a stock line not fully despatched, as last ingested."""
+    orders = read_table(engine, store.sage_orders)
+    live = orders[orders["document_status"] == SAGE_OPEN_STATUS]
+    if live.empty:
+        return pd.DataFrame({"order_number": pd.Series([], dtype=str)})
+    lines = read_table(engine, store.sage_order_lines)
+    stock = lines[lines["line_type"] == STOCK_LINE]
+    outstanding = stock[
+        to_e5(stock["line_quantity"]).to_numpy() > to_e5(stock["despatch_receipt_quantity"]).to_numpy()
+    ]
+    open_ids = set(outstanding["order_id"].astype(int))
+    return pd.DataFrame(
+        {"order_number": live.loc[live["id"].astype(int).isin(open_ids), "document_no"].astype(str)}
+    )
+
+
+def outbox_frame(db: Any) -> pd.DataFrame:
+    rows = db.outbox_rows()
+    frame = pd.DataFrame(rows, columns=[c.name for c in tables.despatch_outbox.columns])
+    return frame.rename(columns={"document_no": "order_number"})
+
+
+def exceptions_frame(db: Any) -> pd.DataFrame:
+    rows = db.exceptions(open_only=True)
+    return pd.DataFrame(rows, columns=[c.name for c in tables.sync_exceptions.columns])
+
+
+def _source_time(source: Any) -> Any:
+    """The WMS despatch time carried in an outbox row's source JSON, if any."""
+    try:
+        data = jsonutil.loads(source) if isinstance(source, str) else source
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for key in ("despatched_at", "event_at", "despatch_date", "occurred_at"):
+        if data.get(key):
+            return data[key]
+    return None
+
+
+def postings_frame(db: Any) -> tuple[pd.DataFrame, str]:
+    """Posted outbox rows with the WMS despatch time (from the row's source, else the WMS feed)."""
+    out = outbox_frame(db)
+    posted = out[out["state"] == "posted"]
+    if posted.empty:
+        return pd.DataFrame(columns=["order_number", "despatched_at", "posted_at"]), "none posted"
+    desp = posted["source"].map(_source_time)
+    origin = "outbox source"
+    if desp.isna().any():
+        feed = read_table(db.engine, tables.wms_despatches)
+        by_order = (
+            feed.groupby("order_number")["event_at"].min() if not feed.empty else pd.Series(dtype=object)
+        )
+        fallback = posted["order_number"].map(by_order)
+        desp = desp.where(desp.notna(), fallback)
+        origin = "outbox source / wms_despatches"
+    frame = pd.DataFrame(
+        {
+            "order_number": posted["order_number"].astype(str),
+            "despatched_at": pd.to_datetime(desp, utc=True, errors="coerce"),
+            "posted_at": pd.to_datetime(posted["posted_at"], utc=True),
+        }
+    )
+    return frame, origin
+
+
+def manifest_totals_frame(engine: Any) -> pd.DataFrame:
+    """Per Sage order sent to the WMS: its manifests' total, excluded lines' total, Sage's total."""
+    manifests = read_table(engine, tables.order_manifests)
+    sent = manifests[manifests["sent_at"].notna()]
+    cols = ["order_number", "sage_total_e5", "manifest_total_e5", "excluded_total_e5"]
+    if sent.empty:
+        return pd.DataFrame(columns=cols)
+    sent = sent.assign(total_e5=to_e5(sent["total"]).to_numpy())
+    shipped = sent.groupby(["sage_order_id", "sage_document_no"], as_index=False)["total_e5"].sum()
+    excluded = read_table(engine, tables.order_manifest_excluded)
+    excluded = excluded.assign(total_e5=to_e5(excluded["line_total"]).to_numpy())
+    left_out = excluded.groupby("sage_order_id")["total_e5"].sum()
+    orders = read_table(engine, store.sage_orders).set_index("id")
+    lines = read_table(engine, store.sage_order_lines)
+    line_sum = (
+        lines.assign(total_e5=to_e5(lines["line_total_value"]).to_numpy())
+        .groupby("order_id")["total_e5"]
+        .sum()
+        if not lines.empty
+        else pd.Series(dtype="int64")
+    )
+
+    def sage_total(order_id: int) -> int:
+        header = orders["total_net_value"].get(order_id) if order_id in orders.index else None
+        if header is not None and not pd.isna(header):
+            return int(to_e5([Decimal(str(header))]).iloc[0])
+        return int(line_sum.get(order_id, 0))
+
+    return pd.DataFrame(
+        {
+            "order_number": shipped["sage_document_no"].astype(str),
+            "sage_total_e5": [sage_total(int(i)) for i in shipped["sage_order_id"]],
+            "manifest_total_e5": shipped["total_e5"].astype("int64"),
+            "excluded_total_e5": [int(left_out.get(i, 0)) for i in shipped["sage_order_id"]],
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------- checks
+
+
+@dg.asset_check(
+    asset="despatch_postings",
+    name="sync_illusion",
+    description=(
+        "Orders despatched in the WMS and still open in Sage past the despatch SLA, by order number "
+        "with hours waited. WARN; ERROR once one has waited twice the SLA."
+    ),
+)
+def sync_illusion(parity_db: ParityDatabase, policy: PolicyResource) -> dg.AssetCheckResult:
+    engine = parity_db.database().engine
+    finding = checks.sync_illusion(
+        wms_despatched_orders(engine),
+        sage_open_orders(engine),
+        _now(),
+        checks.Thresholds.from_policy(policy.load()),
+    )
+    return result_from(finding)
+
+
+@dg.asset_check(
+    asset="despatch_postings",
+    name="stuck_and_orphaned",
+    description=(
+        "Outbox rows stuck or retrying past the lock deadline, WMS shipments with no Sage line, and "
+        "despatches Sage refused for the order's status. ERROR when a person must act; WARN while retrying."
+    ),
+)
+def stuck_and_orphaned(parity_db: ParityDatabase, policy: PolicyResource) -> dg.AssetCheckResult:
+    db = parity_db.database()
+    finding = checks.stuck_and_orphaned(
+        outbox_frame(db), exceptions_frame(db), _now(), checks.Thresholds.from_policy(policy.load())
+    )
+    return result_from(finding)
+
+
+@dg.asset_check(
+    asset="despatch_postings",
+    name="despatch_latency",
+    description="WMS despatch to Sage posting: p50/p95/max seconds. WARN when p95 exceeds the SLA.",
+)
+def despatch_latency(parity_db: ParityDatabase, policy: PolicyResource) -> dg.AssetCheckResult:
+    frame, origin = postings_frame(parity_db.database())
+    finding = checks.despatch_latency(frame, checks.Thresholds.from_policy(policy.load()))
+    return result_from(finding, {"despatch_time_from": origin})
+
+
+@dg.asset_check(
+    asset="order_manifests",
+    name="manifest_totals",
+    description=(
+        "For every order sent to the WMS: manifest totals plus excluded (non-stock, comment, free-text, "
+        "charge) lines equal the Sage order total, exactly. ERROR otherwise."
+    ),
+)
+def manifest_totals(parity_db: ParityDatabase, policy: PolicyResource) -> dg.AssetCheckResult:
+    frame = manifest_totals_frame(parity_db.database().engine)
+    finding = checks.manifest_totals(frame, checks.Thresholds.from_policy(policy.load()))
+    return result_from(finding)
+
+
+@dg.asset_check(
+    asset="sync_exceptions",
+    name="open_exceptions_by_owner",
+    description=(
+        "Open sync exceptions counted by owner (finance / operations) and kind. WARN while any are open."
+    ),
+)
+def open_exceptions_by_owner(parity_db: ParityDatabase) -> dg.AssetCheckResult:
+    exceptions = exceptions_frame(parity_db.database())
+    summary = checks.exceptions_by_owner(exceptions)
+    metadata: dict[str, Any] = {
+        "open_exceptions": len(exceptions),
+        "summary": dg.MetadataValue.md(checks.markdown_table(summary, 50) or "no open exceptions"),
+    }
+    for owner in ("finance", "operations"):
+        metadata[f"open_{owner}"] = (
+            int(summary.loc[summary["owner"] == owner, "open"].sum()) if len(summary) else 0
+        )
+    if len(exceptions):
+        metadata["records"] = dg.MetadataValue.json(
+            [f"{k}: {r}" for k, r in zip(exceptions["kind"], exceptions["record"], strict=True)][:50]
+        )
+    return dg.AssetCheckResult(
+        passed=exceptions.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(exceptions)} open sync exception(s)",
+        metadata=metadata,
+    )
