@@ -21,8 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
+
+from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.scenario.generate import generate
-from sage_wms_pipeline.scenario.io import load_into_sandbox, read_scenario, write_scenario
+from sage_wms_pipeline.scenario.io import load_into_sandbox, read_scenario, validate_scenario, write_scenario
 from sage_wms_pipeline.scenario.model import Scenario
 
 T = TypeVar("T")
@@ -43,6 +46,16 @@ def describe(s: Scenario) -> str:
         f"{len(s.orders):,} orders / {lines:,} lines, {len(s.receipts):,} receipts, "
         f"{len(s.drift):,} drift rows"
     )
+
+
+def _post(base: str, body: bytes) -> None:
+    resp = httpx.post(
+        base.rstrip("/") + "/_sandbox/scenario",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=httpx.Timeout(900.0, connect=10.0),
+    )
+    resp.raise_for_status()
 
 
 def run(args: argparse.Namespace, days: int, workdir: Path) -> None:
@@ -72,6 +85,12 @@ def run(args: argparse.Namespace, days: int, workdir: Path) -> None:
             lambda: load_into_sandbox(scenario, sage_url=args.sage_url, wms_url=args.wms_url),
         )
         print(f"  {'all of the above':<28} {total + t_load:8.2f} s")
+        # Where the load time goes: our validation, then each simulator's POST on its own.
+        timed("  of which: validate", lambda: validate_scenario(scenario))
+        body = jsonutil.dumps(scenario.model_dump(mode="python")).encode("utf-8")
+        for name, base in (("Sage", args.sage_url), ("WMS", args.wms_url)):
+            if base:
+                timed(f"  of which: POST to {name}", lambda base=base: _post(base, body))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS so far: {peak_mb:,.0f} MB")
 

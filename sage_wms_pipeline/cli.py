@@ -57,13 +57,18 @@ def serve(host: str, sage_port: int, wms_port: int, no_wms: bool, data_dir: Path
 )
 def load(scenario_file: Path, sage_url: str, wms_url: str) -> None:
     """Validate SCENARIO_FILE and load it into both running simulators."""
-    from sage_wms_pipeline.scenario.io import ScenarioError, load_into_sandbox, read_scenario
+    from sage_wms_pipeline.scenario.io import (
+        SandboxLoadError,
+        ScenarioError,
+        load_into_sandbox,
+        read_scenario,
+    )
 
     try:
         scenario = read_scenario(scenario_file)
-    except ScenarioError as exc:
+        load_into_sandbox(scenario, sage_url=sage_url, wms_url=wms_url)
+    except (ScenarioError, SandboxLoadError) as exc:
         raise click.ClickException(str(exc)) from exc
-    load_into_sandbox(scenario, sage_url=sage_url, wms_url=wms_url)
     click.echo(f"loaded {scenario.name!r}: {len(scenario.products)} SKUs, {len(scenario.orders)} orders")
 
 

@@ -28,8 +28,18 @@ order_manifest_job = dg.define_asset_job(
 
 despatch_posting_job = dg.define_asset_job(
     name="despatch_posting_job",
-    description="Post WMS despatches to Sage through the outbox, then read Sage's despatches back.",
-    selection=dg.AssetSelection.assets("wms_despatches", "despatch_postings", "sage_despatches"),
+    description="Post WMS despatches (or orders at the pick/pack trigger) to Sage through the outbox, "
+    "then read Sage's despatches back.",
+    selection=dg.AssetSelection.assets("wms_despatches", "wms_orders", "despatch_postings", "sage_despatches"),
+)
+
+stock_adjustment_job = dg.define_asset_job(
+    name="stock_adjustment_job",
+    description="WMS receipts, graded returns, write-offs and counts to Sage stocktakes or proposed "
+    "adjustments, per the restock authority.",
+    selection=dg.AssetSelection.assets(
+        "wms_receipts", "wms_returns", "wms_stock_movements", "sage_products", "stock_adjustments"
+    ),
 )
 
 _audit_selection = dg.AssetSelection.assets(*_finance_keys).upstream() - _fulfilment

@@ -57,7 +57,8 @@ class Sage200Resource(dg.ConfigurableResource):
     page_size: int = Field(default=500, ge=1, le=5000)
 
     def config(self, **overrides: Any) -> Sage200Config:
-        store_path = Path(self.token_store) if self.token_store else settings.runtime_dir() / "sage200-token.json"
+        default_store = settings.runtime_dir() / "sage200-token.json"
+        store_path = Path(self.token_store) if self.token_store else default_store
         return Sage200Config(
             base_url=self.base_url,
             token_url=self.token_url,

@@ -60,4 +60,4 @@ def available_stock(
         df["sage_free_stock_e5"] = pd.array([pd.NA] * len(df), dtype="Int64")
     df["difference_e5"] = df["available_e5"].astype("Int64") - df["sage_free_stock_e5"]
     cols = list(schemas.AvailableStock.to_schema().columns)
-    return df[cols].sort_values(["sku", "warehouse"], ignore_index=True)
+    return df[cols].reset_index(drop=True)

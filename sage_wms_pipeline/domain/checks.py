@@ -131,7 +131,8 @@ def markdown_table(rows: pd.DataFrame, limit: int = DEFAULT_ROW_LIMIT) -> str:
     if rows.empty:
         return ""
     shown = rows.head(limit)
-    text = shown.to_markdown(index=False)
+    # Keep the text as formatted ("21.00" must not become 21): money reads as money.
+    text = shown.to_markdown(index=False, disable_numparse=True)
     if len(rows) > limit:
         text += f"\n\n… and {len(rows) - limit} more"
     return text

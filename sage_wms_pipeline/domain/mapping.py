@@ -82,10 +82,12 @@ def sage_mapping_issue(frame: pd.DataFrame, policy: Policy) -> pd.Series:
     """For Sage-keyed rows (sku, warehouse): why they cannot be matched to the WMS, else None."""
     skus = sku_frame(policy)
     whs = warehouse_frame(policy)
-    sku_known = frame["sku"].isin(skus["sku"])
     if policy.sku_identity_fallback:
-        # Identity works unless the code is some other product's WMS SKU.
-        sku_known = sku_known | ~frame["sku"].isin(skus["wms_sku"])
+        # Identity works unless the code is only some other product's WMS SKU.
+        claimed = set(skus["wms_sku"]) - set(skus["sku"])
+        sku_known = ~frame["sku"].isin(claimed) if claimed else pd.Series(True, index=frame.index)
+    else:
+        sku_known = frame["sku"].isin(skus["sku"])
     wh_known = frame["warehouse"].isin(whs["warehouse"])
     a = pd.Series(np.where(sku_known, None, UNMAPPED_SAGE_SKU), index=frame.index, dtype=object)
     b = pd.Series(np.where(wh_known, None, UNMAPPED_SAGE_WAREHOUSE), index=frame.index, dtype=object)

@@ -143,8 +143,10 @@ def stock_parity(
     for col in int_cols:
         df[col] = df[col].fillna(0).astype(np.int64)
     # ABC class for rows only Sage (or only an explanation) knows about.
-    abc = sku_frame(policy).drop_duplicates("sku").set_index("sku")["abc_class"]
-    df["abc_class"] = df["abc_class"].where(df["abc_class"].notna(), df["sku"].map(abc))
+    abc = sku_frame(policy).dropna(subset=["abc_class"]).drop_duplicates("sku").set_index("sku")["abc_class"]
+    no_wms = (df["abc_class"].isna() & df["wms_sku"].isna()).to_numpy()
+    if len(abc) and no_wms.any():
+        df.loc[no_wms, "abc_class"] = df.loc[no_wms, "sku"].map(abc)
     df["mapping_issue"] = df["wms_issue"].where(df["wms_issue"].notna(), df["sage_issue"])
 
     df["variance_e5"] = df["wms_qty_e5"] - df["sage_qty_e5"]
@@ -171,4 +173,4 @@ def stock_parity(
     df["wms_warehouse_id"] = df["wms_warehouse_id"].astype("Int64")
 
     cols = list(schemas.StockParity.to_schema().columns)
-    return df[cols].sort_values(KEY, ignore_index=True)
+    return df[cols].reset_index(drop=True)

@@ -45,8 +45,9 @@ def _fifo_values(
     totals: np.ndarray = np.zeros(n, dtype=np.int64)
     want = pd.DataFrame({"row": np.arange(n), "need": need, "sku": rows["sku"].to_numpy(),
                          "warehouse": rows["warehouse"].to_numpy()})
-    lay = layers.sort_values([*KEY, "received_at"], ascending=[True, True, not newest_first], kind="stable")
-    m = want[want["need"] > 0].merge(lay[[*KEY, "received_at", "quantity_e5", "unit_cost_e5"]], on=KEY)
+    m = want[want["need"] > 0].merge(layers[[*KEY, "received_at", "quantity_e5", "unit_cost_e5"]], on=KEY)
+    # Sort only the layers in play, by integer row then age: cheap even with many layers on file.
+    m = m.sort_values(["row", "received_at"], ascending=[True, not newest_first], kind="stable")
     if len(m):
         layer_qty = m["quantity_e5"].to_numpy(dtype=np.int64)
         cum = m.groupby("row", sort=False)["quantity_e5"].cumsum().to_numpy(dtype=np.int64)
@@ -125,7 +126,7 @@ def valuation_deltas(
     materiality_pence = int(policy.tolerances.value_materiality_gbp * 100)
     df["material"] = np.abs(unexplained) > materiality_pence
 
-    detail = df[list(schemas.ValuationDetail.to_schema().columns)].sort_values(KEY, ignore_index=True)
+    detail = df[list(schemas.ValuationDetail.to_schema().columns)].reset_index(drop=True)
     summary = summarise(detail)
     check_tie_out(detail, summary)
     return detail, summary

@@ -41,7 +41,8 @@ from sage_wms_pipeline.scenario.model import (
 )
 
 DEFAULT_STARTS_AT = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
-MIN_SKUS = 30
+MIN_SKUS = 50
+MIN_EACH = 2  # at least this many Standard-costed SKUs, and three times as many pack-sized ones
 CENT = Decimal("0.01")
 ZERO = Decimal(0)
 
@@ -207,6 +208,10 @@ def _catalogue(rng: np.random.Generator, n: int, groups: list[ProductGroup]) -> 
     group_of_stock = np.array(stock_groups)[
         rng.choice(len(stock_groups), size=n_stock, p=shares / shares.sum())
     ]
+    # Small catalogues still need Standard-costed items, for the standard cost change.
+    standard = [i for i in stock_groups if GROUPS[i][3] == "Standard"]
+    while np.isin(group_of_stock, standard).sum() < MIN_EACH:
+        group_of_stock[np.flatnonzero(~np.isin(group_of_stock, standard))[-1]] = standard[0]
     # Costs log-normal around £6; retail markup 2-3.2x, priced to .99 / .49 / .00 endings.
     cost = np.clip(np.round(np.exp(rng.normal(math.log(600), 0.8, n_stock))), 20, 60_000).astype(np.int64)
     markup = rng.uniform(2.0, 3.2, n_stock)
@@ -214,6 +219,8 @@ def _catalogue(rng: np.random.Generator, n: int, groups: list[ProductGroup]) -> 
     price = np.maximum(price, cost + 1).astype(np.int64)
     units = np.ones(n_stock, dtype=np.int64)
     packed = rng.random(n_stock) < 0.04
+    if packed.sum() < MIN_EACH * 3:  # a few packs even in a small catalogue, for the UoM drift
+        packed[: MIN_EACH * 3] = True
     units[packed] = rng.choice(PACKS, size=int(packed.sum()))
     cost[packed] *= units[packed]  # a pack costs k eaches
     price[packed] = cost[packed] * 2 + 99
@@ -519,11 +526,11 @@ def generate(
                 )
             )
         if has_free[o]:
-            lines.append(free_lines[free_pick[o]])
+            lines.append(free_lines[free_pick[o]].model_copy())  # own object: callers may edit lines
         if has_charge[o]:
-            lines.append(trade_charge if is_trade[o] else charge_lines[charge_pick[o]])
+            lines.append((trade_charge if is_trade[o] else charge_lines[charge_pick[o]]).model_copy())
         if has_comment[o]:
-            lines.append(comment_lines[comment_pick[o]])
+            lines.append(comment_lines[comment_pick[o]].model_copy())
         orders.append(
             SalesOrder.model_construct(
                 document_no=f"SO{first_no + o:07d}",
@@ -556,6 +563,33 @@ def generate(
     drift: list[PlantedDrift] = []
     used = np.zeros((n_stock, n_wh), dtype=bool)
     plain = (cat.units[:n_stock] == 1)[:, None] & stocked
+
+    # Standard cost changed mid-month: Sage holds the new cost; the old one and the date are kept.
+    # Chosen first so the items are certain to be found; their pairs then carry no other drift.
+    effective = starts_at.replace(day=15, hour=0, minute=0, second=0, microsecond=0)
+    if starts_at.day <= 15:
+        effective = (effective - timedelta(days=28)).replace(day=15)
+    std_group = np.array([groups[g].costing_method == "Standard" for g in cat.group_of[:n_stock]])
+    std_cand = np.flatnonzero(std_group & ~used.any(axis=1))
+    for s in np.sort(rng.choice(std_cand, size=min(per_kind, std_cand.size), replace=False)).tolist():
+        p = cat.products[s]
+        old = p.unit_cost
+        new = (old * Decimal(str(round(float(rng.uniform(1.04, 1.15)), 2)))).quantize(CENT)
+        p.unit_cost = new
+        for w in np.flatnonzero(stocked[s]).tolist():
+            used[s, w] = True
+            d = _drift(
+                "standard_cost_change",
+                p.sku,
+                wh_names[w],
+                ZERO,
+                f"standard cost {old} -> {new} from {effective.date()}; revalues stock, no quantity change",
+            )
+            d.cause = None
+            d.new_standard_cost = new
+            d.previous_standard_cost = old
+            d.effective = effective
+            drift.append(d)
 
     # Despatched in the WMS, not posted to Sage: recent Live orders of plain stock lines.
     recent = np.flatnonzero(status == "Live")[::-1][: max(50, per_kind * 20)].tolist()
@@ -672,8 +706,8 @@ def generate(
                 f"{w + 1}: -{q} in one bin, +{q} in the other; nets to zero",
             )
         )
-    for s, w in pick_pairs(plain & (stock > 12), per_kind):
-        q = int(rng.integers(1, min(6, int(stock[s, w]) // 2)))
+    for s, w in pick_pairs(plain & (stock >= 4), per_kind):
+        q = int(rng.integers(1, min(5, int(stock[s, w]) // 2) + 1))
         wms_on_hand[s, w] -= q
         drift.append(
             _drift("true_shrink", skus_s[s], wh_names[w], Decimal(-q), f"{q} unit(s) missing in the WMS")
@@ -682,32 +716,6 @@ def generate(
         q = int(rng.integers(1, 6))
         wms_on_hand[s, w] += q
         drift.append(_drift("true_gain", skus_s[s], wh_names[w], Decimal(q), f"{q} unit(s) found in the WMS"))
-
-    # Standard cost changed mid-month: Sage holds the new cost; the old one and the date are kept.
-    effective = starts_at.replace(day=15, hour=0, minute=0, second=0, microsecond=0)
-    if starts_at.day <= 15:
-        effective = (effective - timedelta(days=28)).replace(day=15)
-    std_group = np.array([groups[g].costing_method == "Standard" for g in cat.group_of[:n_stock]])
-    std_cand = np.flatnonzero(std_group & ~used.any(axis=1))
-    for s in np.sort(rng.choice(std_cand, size=min(per_kind, std_cand.size), replace=False)).tolist():
-        p = cat.products[s]
-        old = p.unit_cost
-        new = (old * Decimal(str(round(float(rng.uniform(1.04, 1.15)), 2)))).quantize(CENT)
-        p.unit_cost = new
-        for w in np.flatnonzero(stocked[s]).tolist():
-            used[s, w] = True
-            d = _drift(
-                "standard_cost_change",
-                p.sku,
-                wh_names[w],
-                ZERO,
-                f"standard cost {old} -> {new} from {effective.date()}; revalues stock, no quantity change",
-            )
-            d.cause = None
-            d.new_standard_cost = new
-            d.previous_standard_cost = old
-            d.effective = effective
-            drift.append(d)
 
     # Receipts without a variance: booked and posted (both sides), or expected later (neither).
     for s, w in pick_pairs(plain, per_kind):

@@ -94,17 +94,17 @@ def _parse(path: Path) -> Any:
         raise ScenarioError(str(path), [f"not valid JSON: {exc}"]) from exc
 
 
-# Which field names a row in each top-level list, for messages.
-_ROW_LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "product_groups": ("group", ("code",)),
-    "products": ("product", ("sku",)),
-    "warehouses": ("warehouse", ("sage_name",)),
-    "opening_stock": ("stock", ("sku", "warehouse")),
-    "customers": ("customer", ("account",)),
-    "orders": ("order", ("document_no",)),
-    "receipts": ("receipt", ("reference",)),
-    "drift": ("drift", ("kind", "sku", "warehouse")),
-    "expected": ("expected", ("sku", "warehouse")),
+# How messages name a row of each top-level list (same wording as checks.scenario_problems).
+_ROW_LABELS: dict[str, str] = {
+    "product_groups": "group {code}",
+    "products": "product {sku}",
+    "warehouses": "warehouse {sage_name}",
+    "opening_stock": "stock {sku} at {warehouse}",
+    "customers": "customer {account}",
+    "orders": "order {document_no}",
+    "receipts": "receipt {reference}",
+    "drift": "{kind} {sku} at {warehouse}",
+    "expected": "expected {cause} for {sku} at {warehouse}",
 }
 
 
@@ -125,8 +125,10 @@ def _row_label(data: Any, loc: tuple[int | str, ...]) -> str:
     row = rows[loc[1]]
     if not isinstance(row, dict):
         return ""
-    keys = [str(row[k]) for k in label[1] if row.get(k) is not None]
-    return f" ({label[0]} {' '.join(keys)})" if keys else ""
+    try:
+        return f" ({label.format_map({k: v for k, v in row.items() if v is not None})})"
+    except (KeyError, ValueError, IndexError):
+        return ""  # the fields that name the row are themselves missing
 
 
 def _pydantic_problems(exc: ValidationError, data: Any) -> list[str]:

@@ -213,28 +213,41 @@ class Receipt(_Strict):
 class WarehouseBehaviour(_Strict):
     """How the simulated warehouse works orders once the pipeline has sent them (rates are shares)."""
 
-    seed: int = 42
+    seed: int = Field(default=42, description="Seeds every random draw of the living warehouse")
     clock_speed: Decimal = Field(default=Decimal(60), gt=0, description="Warehouse seconds per real second")
-    hours_to_print: Decimal = Decimal("0.5")
-    hours_to_pick: Decimal = Decimal("2")
-    hours_to_pack: Decimal = Decimal("1")
-    hours_to_despatch: Decimal = Decimal("1")
-    short_pick_rate: Decimal = Field(default=Decimal("0.03"), ge=0, le=1)
-    split_rate: Decimal = Field(default=Decimal("0.05"), ge=0, le=1)
-    multi_parcel_rate: Decimal = Field(default=Decimal("0.05"), ge=0, le=1)
-    cancel_after_print_rate: Decimal = Field(default=Decimal("0.01"), ge=0, le=1)
-    return_rate: Decimal = Field(default=Decimal("0.10"), ge=0, le=1)
+    hours_to_print: Decimal = Field(default=Decimal("0.5"), description="Warehouse hours from NEW to PRINTED")
+    hours_to_pick: Decimal = Field(default=Decimal("2"), description="Warehouse hours from PRINTED to PICKED")
+    hours_to_pack: Decimal = Field(default=Decimal("1"), description="Warehouse hours from PICKED to packed")
+    hours_to_despatch: Decimal = Field(default=Decimal("1"), description="Hours from packed to DESPATCHED")
+    short_pick_rate: Decimal = Field(
+        default=Decimal("0.03"), ge=0, le=1, description="Share of orders short-picked (ONBACKORDER)"
+    )
+    split_rate: Decimal = Field(default=Decimal("0.05"), ge=0, le=1, description="Share despatched in parts")
+    multi_parcel_rate: Decimal = Field(
+        default=Decimal("0.05"), ge=0, le=1, description="Share despatched in several parcels"
+    )
+    cancel_after_print_rate: Decimal = Field(
+        default=Decimal("0.01"), ge=0, le=1, description="Share cancelled after printing"
+    )
+    return_rate: Decimal = Field(
+        default=Decimal("0.10"), ge=0, le=1, description="Share of despatched lines returned (retail: 8-12%)"
+    )
     return_grading: dict[Literal["restock", "quarantine", "scrap"], Decimal] = Field(
         default_factory=lambda: {
             "restock": Decimal("0.7"),
             "quarantine": Decimal("0.2"),
             "scrap": Decimal("0.1"),
-        }
+        },
+        description="How returns are graded: shares summing to 1",
     )
-    shrink_rate: Decimal = Field(default=Decimal("0.015"), ge=0, le=1)
+    shrink_rate: Decimal = Field(
+        default=Decimal("0.015"), ge=0, le=1, description="Stock lost to scrap and miscounts, share of sales"
+    )
 
 
 class SageFaults(_Strict):
+    """Sage 200 simulator faults: record locks, throttling, server errors, slow answers."""
+
     lock_rate: Decimal = Field(default=Decimal(0), ge=0, le=1, description="Share of writes that meet a lock")
     lock_seconds: Decimal = Field(default=Decimal(5), ge=0)
     rate_429: Decimal = Field(default=Decimal(0), ge=0, le=1)
@@ -244,6 +257,8 @@ class SageFaults(_Strict):
 
 
 class WmsFaults(_Strict):
+    """WMS simulator faults in event delivery and HTTP answers."""
+
     duplicate_rate: Decimal = Field(default=Decimal(0), ge=0, le=1)
     out_of_order_rate: Decimal = Field(default=Decimal(0), ge=0, le=1)
     late_rate: Decimal = Field(default=Decimal(0), ge=0, le=1)
@@ -289,15 +304,19 @@ class PlantedDrift(_Strict):
 class ExpectedVariance(_Strict):
     """Ground truth: for one SKU and warehouse, the variance the pipeline must find, by cause."""
 
-    sku: str
-    warehouse: str
-    cause: VarianceCause
+    sku: str = Field(description="Product.sku")
+    warehouse: str = Field(description="Warehouse.sage_name")
+    cause: VarianceCause = Field(description="timing, status, mapping or unexplained (docs/scenarios.md)")
     quantity: Decimal = Field(description="WMS - Sage, in Sage units")
 
 
 class SageSettings(_Strict):
-    update_stock_on_despatch: bool = True
-    allocate_stock_on_order_entry: bool = True
+    """Sage SOP settings that change how orders move stock."""
+
+    update_stock_on_despatch: bool = Field(
+        default=True, description="Stock leaves at despatch (true) or at invoice posting (false)"
+    )
+    allocate_stock_on_order_entry: bool = Field(default=True, description="Live orders allocate on entry")
     company_name: str = "Demo Retail Ltd"
     site_name: str = "Demo Retail"
 
@@ -305,9 +324,9 @@ class SageSettings(_Strict):
 class Scenario(_Strict):
     """One retailer's data for both simulators, with planted drift and its ground truth."""
 
-    name: str
+    name: str = Field(description="Short name, shown by the simulators")
     description: str = ""
-    starts_at: datetime = Field(description="Simulated clock at load (UTC)")
+    starts_at: datetime = Field(description="Simulated clock at load (UTC); the cut-off for planted drift")
     currency: Literal["GBP"] = "GBP"
     sage: SageSettings = Field(default_factory=SageSettings)
     product_groups: list[ProductGroup] = Field(min_length=1)
@@ -319,8 +338,10 @@ class Scenario(_Strict):
     receipts: list[Receipt] = Field(default_factory=list)
     behaviour: WarehouseBehaviour = Field(default_factory=WarehouseBehaviour)
     faults: Faults = Field(default_factory=Faults)
-    drift: list[PlantedDrift] = Field(default_factory=list)
-    expected: list[ExpectedVariance] = Field(default_factory=list)
+    drift: list[PlantedDrift] = Field(default_factory=list, description="Planted differences, how made")
+    expected: list[ExpectedVariance] = Field(
+        default_factory=list, description="Ground truth per SKU, warehouse and cause (docs/scenarios.md)"
+    )
 
     @model_validator(mode="after")
     def _cross_references_hold(self, info: ValidationInfo) -> Scenario:

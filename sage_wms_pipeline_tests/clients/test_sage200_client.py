@@ -6,7 +6,7 @@ import logging
 import stat
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ def test_list_pages_concurrently_in_order_without_duplicates(
 
 def test_list_exact_multiple_of_page_size_stops_at_empty_page(sage: Sage200Client) -> None:
     reference = sage.list("warehouse_holdings", page_size=5000)
-    size = next(n for n in range(3, 13) if len(reference) % n == 0)
+    size = next(n for n in range(3, len(reference)) if len(reference) % n == 0)
     assert sage.list("warehouse_holdings", page_size=size) == reference
     with pytest.raises(InvalidRequestError, match="page_size"):
         sage.list("warehouse_holdings", page_size=5001)
@@ -210,9 +210,9 @@ def test_wrong_site_is_auth_error_after_one_refresh(sandbox: Sandbox, tmp_path: 
 
 
 def test_bad_client_secret_is_auth_error(sandbox: Sandbox, tmp_path: Path) -> None:
-    with Sage200Client(make_config(sandbox, tmp_path, client_secret="wrong")) as client:
-        with pytest.raises(AuthError) as err:
-            client.sites()
+    config = make_config(sandbox, tmp_path, client_secret="wrong")
+    with Sage200Client(config) as client, pytest.raises(AuthError) as err:
+        client.sites()
     assert err.value.status == 401 and "invalid_client" in (err.value.sage_message or "")
 
 
@@ -232,20 +232,22 @@ def test_forbidden_maps_to_forbidden_error(tmp_path: Path) -> None:
         site_id="s",
         company_id=1,
     )
-    with Sage200Client(config, transport=httpx.MockTransport(handler)) as client:
-        with pytest.raises(ForbiddenError) as err:
-            client.list("customers")
+    client = Sage200Client(config, transport=httpx.MockTransport(handler))
+    with client, pytest.raises(ForbiddenError) as err:
+        client.list("customers")
     assert err.value.status == 403 and "Sales Ledger" in (err.value.sage_message or "")
     assert client.stats.by_status == {403: 1}
 
 
 def test_429_retried_honouring_retry_after_then_rate_limited(sandbox: Sandbox, tmp_path: Path) -> None:
-    faults(sandbox, rate_429=1, retry_after_seconds=1)
     config = make_config(sandbox, tmp_path, max_attempts=2)
-    with Sage200Client(config) as client, pytest.raises(RateLimitedError) as err:
+    with Sage200Client(config) as client:
         client.get("sop_orders/1")
+        faults(sandbox, rate_429=1, retry_after_seconds=1)
+        with pytest.raises(RateLimitedError) as err:
+            client.get("sop_orders/1")
     assert err.value.status == 429 and err.value.retry_after == 1
-    assert client.stats.by_status == {429: 2}
+    assert client.stats.by_status == {200: 2, 429: 2}  # /sites and the warm-up, then two 429s
     assert len(client.stats.sleeps) == 1 and client.stats.sleeps[0] >= 1  # waited what Sage asked
 
 
@@ -253,35 +255,35 @@ def test_429_retried_honouring_retry_after_then_rate_limited(sandbox: Sandbox, t
 def test_transient_failures_are_retried_until_success(
     sandbox: Sandbox, tmp_path: Path, knob: str, status: int
 ) -> None:
-    faults(sandbox, **{knob: "0.6", "seed": 7, "retry_after_seconds": 0})
     config = make_config(sandbox, tmp_path, max_attempts=40, page_size=4, max_concurrency=1)
     with Sage200Client(config) as client:
+        client.get("sop_orders/1")  # token and site settled before the faults start
+        faults(sandbox, **{knob: "0.6", "seed": 7, "retry_after_seconds": 0})
         rows = client.list("products")
     assert len(rows) == 10
     failures = client.stats.by_status.get(status, 0)
     assert failures >= 1, f"the fault never fired; pick another seed ({client.stats})"
     assert client.stats.retries == failures  # every failure was retried, and nothing else
-    assert client.stats.by_status[200] == 3  # 4 + 4 + 2 rows: three successful pages
+    assert client.stats.by_status[200] == 2 + 3  # /sites, the warm-up, then pages of 4 + 4 + 2 rows
 
 
 def test_persistent_5xx_and_timeouts_surface_as_unavailable(sandbox: Sandbox, tmp_path: Path) -> None:
-    faults(sandbox, rate_5xx=1)
-    with Sage200Client(make_config(sandbox, tmp_path, max_attempts=3)) as client:
+    with Sage200Client(make_config(sandbox, tmp_path, max_attempts=3, timeout_seconds=0.3)) as client:
+        client.get("sop_orders/1")
+        faults(sandbox, rate_5xx=1)
         with pytest.raises(UnavailableError) as err:
             client.list("products")
         assert err.value.status == 503 and client.stats.by_status[503] == 3
+        assert client.stats.retries == 2
 
-    faults(sandbox, rate_5xx=0, slow_seconds="0.5")
-    config = make_config(sandbox, tmp_path, max_attempts=2, timeout_seconds=0.2)
-    with Sage200Client(config) as client:
-        client.sites()  # the token call is not slowed; data calls are
+        faults(sandbox, rate_5xx=0, slow_seconds="0.6")
         with pytest.raises(UnavailableError, match="ReadTimeout"):
             client.get("sop_orders/1")
-        assert client.stats.retries == 1
+        assert client.stats.retries == 4
         # a write that timed out may have landed: not retried, and said so
         with pytest.raises(OutcomeUnknownError, match="may have been applied"):
             client.post("stocktakes", {"warehouse_id": 1})
-        assert client.stats.retries == 1
+        assert client.stats.retries == 4
 
 
 def test_lost_write_response_is_outcome_unknown_and_not_resent(sandbox: Sandbox, sage: Sage200Client) -> None:
@@ -312,8 +314,11 @@ def test_confirm_despatch_posts_only_what_is_outstanding(sage: Sage200Client) ->
     assert result["response"]["items"][0]["quantity"] == 1
 
     result = sage.confirm_despatch(
-        target["id"], [(first["id"], Decimal(2)), (second["id"], second["line_quantity"])], despatch_date=None
+        target["id"],
+        [(first["id"], Decimal(2)), (second["id"], second["line_quantity"])],
+        despatch_date=date(2026, 11, 24),
     )
+    assert result["response"]["despatch_receipt_date"].startswith("2026-11-24")
     assert result["applied"] == [
         {"id": first["id"], "quantity": Decimal(1)},
         {"id": second["id"], "quantity": second["line_quantity"]},
@@ -323,6 +328,7 @@ def test_confirm_despatch_posts_only_what_is_outstanding(sage: Sage200Client) ->
     assert despatched(sage, first["id"]) == 2
     receipts = sage.list("sop_despatch_receipts", filter=f"sop_order_id eq {target['id']}")
     assert len(receipts) == 2
+    assert receipts[0]["consignment_no"] == "RM1"
 
 
 def test_despatch_whose_response_is_lost_is_not_posted_twice(sandbox: Sandbox, sage: Sage200Client) -> None:
@@ -356,20 +362,57 @@ def test_locked_order_is_retried_and_posted_once_the_lock_clears(sandbox: Sandbo
         assert despatched(client, line["id"]) == 2
 
 
-def test_order_locked_past_the_deadline_is_record_locked_naming_it(sandbox: Sandbox, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lock_status", [400, 423])
+def test_order_locked_past_the_deadline_is_record_locked_naming_it(
+    sandbox: Sandbox, tmp_path: Path, lock_status: int
+) -> None:
     config = make_config(sandbox, tmp_path, max_attempts=50, deadline_seconds=0.4, backoff_max_seconds=0.1)
     with Sage200Client(config) as client:
         target = order(client, "SO0001001")
         line = standard_lines(target)[0]
+        faults(sandbox, lock_status=lock_status)  # Sage's is a 400; 423 in case a gateway maps it
         admin(sandbox, "/_sandbox/locks", {"document_no": "SO0001001", "seconds": 60})
 
         with pytest.raises(RecordLockedError) as err:
             client.confirm_despatch(target["id"], [(line["id"], Decimal(2))])
 
         assert err.value.record == "SO0001001"
-        assert "SO0001001" in str(err.value) and err.value.status == 400
-        assert client.stats.by_status[400] >= 2  # it did retry before giving up
+        assert "SO0001001" in str(err.value) and err.value.status == lock_status
+        assert client.stats.by_status[lock_status] >= 2  # it did retry before giving up
         assert despatched(client, line["id"]) == 0
+
+
+def test_despatch_under_random_faults_lands_exactly_once(sandbox: Sandbox, tmp_path: Path) -> None:
+    config = make_config(sandbox, tmp_path, max_attempts=60, backoff_max_seconds=0.02)
+    with Sage200Client(config) as client:
+        live = [order(client, no) for no in ("SO0001001", "SO0001003", "SO0001005", "SO0001006")]
+        targets = [
+            (o["id"], [(line["id"], line["line_quantity"]) for line in standard_lines(o)]) for o in live
+        ]
+        faults(
+            sandbox,
+            seed=3,
+            rate_429="0.2",
+            rate_504="0.3",
+            lock_rate="0.2",
+            lock_seconds="0.05",
+            retry_after_seconds=0,
+        )
+        for _ in range(2):  # lost answers on top: applied, then reported as a 504
+            admin(
+                sandbox,
+                "/_sandbox/drop_next_response",
+                {"method": "POST", "path_contains": "confirm_despatch"},
+            )
+
+        for order_id, lines in targets:
+            client.confirm_despatch(order_id, lines)
+
+        faults(sandbox, rate_429=0, rate_504=0, lock_rate=0)
+        assert client.stats.retries >= 4, client.stats  # the faults did bite
+        for _, lines in targets:
+            for line_id, quantity in lines:
+                assert despatched(client, line_id) == quantity, line_id
 
 
 def test_despatch_bad_input_is_refused_before_posting(sage: Sage200Client) -> None:
@@ -418,13 +461,31 @@ def test_rotated_refresh_token_is_persisted_and_used_by_a_new_client(
     assert jsonutil.loads(store.read_bytes())["refresh_token"] == second.current_refresh_token
 
     # Without the store, the spent bootstrap token is refused: rotation is real.
-    with Sage200Client(make_config(sandbox, tmp_path, token_store_path=None)) as third:
-        with pytest.raises(AuthError, match="invalid_grant"):
-            third.sites()
+    third = Sage200Client(make_config(sandbox, tmp_path, token_store_path=None))
+    with third, pytest.raises(AuthError, match="invalid_grant"):
+        third.sites()
 
     secrets = {"sandbox-refresh", rotated, second.current_refresh_token}
     assert not any(secret in record.getMessage() for record in caplog.records for secret in secrets)
     assert "sandbox-refresh" not in repr(config)
+
+
+def test_clients_sharing_a_token_store_do_not_spend_each_others_refresh_token(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Two Dagster step processes start together from the same store, before either has a token.
+    config = make_config(sandbox, tmp_path)
+    with Sage200Client(config) as one, Sage200Client(config) as two:
+        one.sites()  # spends the bootstrap token, stores the rotated pair
+        two.sites()  # would present the spent token; re-reads the store under its lock instead
+        assert two.stats.token_refreshes == 0
+        assert one.current_refresh_token == two.current_refresh_token
+        two._tokens.invalidate(two._tokens.access_token())  # force a real refresh in "process" two
+        two.sites()
+        one._tokens.invalidate(one._tokens.access_token())
+        one.sites()  # adopts two's rotation rather than failing with invalid_grant
+    assert one.stats.token_refreshes == 1 and two.stats.token_refreshes == 1
+    assert jsonutil.loads(config.token_store_path.read_bytes())["refresh_token"] == two.current_refresh_token
 
 
 def test_expired_token_gets_one_refresh_and_retry(sandbox: Sandbox, sage: Sage200Client) -> None:
@@ -449,7 +510,7 @@ def test_token_refreshed_before_expiry_within_skew(sandbox: Sandbox, tmp_path: P
         client.authorize("sandbox-code", "http://localhost/callback")
         client.sites()
         client.sites()
-    assert client.stats.token_refreshes == 0  # the code grant's token is good for 30 s > skew
+    assert client.stats.token_refreshes == 1  # the code grant only: its 30 s token outlives the 10 s skew
 
 
 # -- stocktake -------------------------------------------------------------------------------------
@@ -506,3 +567,23 @@ def test_stocktake_bad_input_creates_nothing(sage: Sage200Client) -> None:
     with pytest.raises(InvalidRequestError, match="finite Decimal"):
         sage.adjust_stock_via_stocktake(warehouse["id"], [StockCount(product, 1.5)])  # type: ignore[arg-type]
     assert sage.list("stocktakes") == []
+
+
+def test_stocktake_survives_lost_create_and_approve_responses(sandbox: Sandbox, sage: Sage200Client) -> None:
+    warehouse_id = sage.list("warehouses")[0]["id"]
+    before = holding_levels(sage, warehouse_id)
+    candidates = sage.post("stocktake_new_items", {"warehouse_id": warehouse_id})["stocktake_items"]
+    holding_to_product = {
+        h["id"]: h["product_id"] for h in sage.list(f"warehouses/{warehouse_id}/warehouse_holdings")
+    }
+    product = holding_to_product[candidates[0]["warehouse_holding_id"]]
+    for part in ("/stocktakes", "/stocktake_approve_complete"):
+        admin(sandbox, "/_sandbox/drop_next_response", {"method": "POST", "path_contains": part})
+
+    result = sage.adjust_stock_via_stocktake(warehouse_id, [StockCount(product, Decimal(5), kind="delta")])
+
+    assert result.status == "Complete"
+    assert [(a["product_id"], a["adjustment"]) for a in result.adjustments] == [(product, Decimal(5))]
+    assert len(sage.list("stocktakes")) == 1  # the lost create was found by name, not repeated
+    assert holding_levels(sage, warehouse_id)[product] == before[product] + 5  # applied once
+    assert sage.stats.by_status[504] == 2

@@ -122,7 +122,9 @@ def test_late_repeated_and_out_of_order_events_are_requested_once(sandbox, wms):
     # Every page repeats its records, yet each event is counted (and keyed) once.
     _admin(sandbox, "faults", {"duplicate_rate": "0", "out_of_order_rate": "0", "late_rate": "0"})
     with wms.client() as client:
-        late_keys = [e.dedupe_key for e in client.despatches_since(None).records if e.order_number == "TST-LATE"]
+        late_keys = [
+            e.dedupe_key for e in client.despatches_since(None).records if e.order_number == "TST-LATE"
+        ]
     assert request.run_key == run_key_for(late_keys)
     assert request.tags["sage_wms/despatch_events"] == str(len(late_keys))
 

@@ -43,8 +43,15 @@ def frames(s: Scenario) -> dict[str, pd.DataFrame]:
         if r.posted_to_sage:
             sage[(r.sku, r.warehouse)] += r.quantity
         if r.booked_in_wms and not r.posted_to_sage:
-            events.append(("receipt_not_in_sage", r.reference, p.wms_code, wh[r.warehouse],
-                           r.quantity * p.wms_units_per_sage_unit))
+            events.append(
+                (
+                    "receipt_not_in_sage",
+                    r.reference,
+                    p.wms_code,
+                    wh[r.warehouse],
+                    r.quantity * p.wms_units_per_sage_unit,
+                )
+            )
     cutoff = pd.Timestamp(s.starts_at)
     wms_df = pd.DataFrame(
         [(k[0], k[1], to_e5(v[0]), to_e5(v[1])) for k, v in wms.items()],
@@ -67,13 +74,25 @@ def frames(s: Scenario) -> dict[str, pd.DataFrame]:
     )
     prices = pd.DataFrame(
         [
-            (p.sku, p.group, group[p.group].costing_method, group[p.group].stock_nominal_code,
-             to_e5(p.unit_cost), to_e5(p.unit_cost))
+            (
+                p.sku,
+                p.group,
+                group[p.group].costing_method,
+                group[p.group].stock_nominal_code,
+                to_e5(p.unit_cost),
+                to_e5(p.unit_cost),
+            )
             for p in s.products
             if group[p.group].product_type == "Stock"
         ],
-        columns=["sku", "product_group", "costing_method", "stock_nominal_code",
-                 "standard_cost_e5", "average_buying_price_e5"],
+        columns=[
+            "sku",
+            "product_group",
+            "costing_method",
+            "stock_nominal_code",
+            "standard_cost_e5",
+            "average_buying_price_e5",
+        ],
     )
     layers = pd.DataFrame(
         [
@@ -83,5 +102,11 @@ def frames(s: Scenario) -> dict[str, pd.DataFrame]:
         ],
         columns=["sku", "warehouse", "received_at", "quantity_e5", "unit_cost_e5"],
     )
-    return {"wms_stock": wms_df, "sage_holdings": sage_df, "explanations": ev_df, "prices": prices,
-            "fifo_layers": layers, "cutoff": cutoff}
+    return {
+        "wms_stock": wms_df,
+        "sage_holdings": sage_df,
+        "explanations": ev_df,
+        "prices": prices,
+        "fifo_layers": layers,
+        "cutoff": cutoff,
+    }

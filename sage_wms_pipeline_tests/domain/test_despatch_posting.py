@@ -34,8 +34,11 @@ SAGE = [
 
 @pytest.mark.parametrize(
     ("trigger", "counted"),
-    [("pick", {"PICKED", "PACKANDHOLD", "DESPATCHED"}), ("pack", {"PACKANDHOLD", "DESPATCHED"}),
-     ("despatch", {"DESPATCHED"})],
+    [
+        ("pick", {"PICKED", "PACKANDHOLD", "DESPATCHED"}),
+        ("pack", {"PACKANDHOLD", "DESPATCHED"}),
+        ("despatch", {"DESPATCHED"}),
+    ],
 )
 def test_statuses_counted_at_each_trigger(trigger: str, counted: set[str]) -> None:
     statuses = ["NEW", "PRINTED", "PICKINGSTARTED", "PICKED", "PACKANDHOLD", "DESPATCHED", "CANCELLED"]
@@ -44,9 +47,14 @@ def test_statuses_counted_at_each_trigger(trigger: str, counted: set[str]) -> No
 
 def test_lines_map_to_sage_lines_in_sage_units() -> None:
     plan = plan_postings(
-        [_wms("SO0001003", "1", "CNDL-FIG-200", 2, "12"), _wms("SO0001003-2", "1", "GIFTBOX-S", 1, "5"),
-         _wms("SO0001005", "1", "CARD-XMAS-6", 3, "12"), _wms("SO0001005", "2", "MUG-STONE", 3, "3")],
-        SAGE, POLICY,
+        [
+            _wms("SO0001003", "1", "CNDL-FIG-200", 2, "12"),
+            _wms("SO0001003-2", "1", "GIFTBOX-S", 1, "5"),
+            _wms("SO0001005", "1", "CARD-XMAS-6", 3, "12"),
+            _wms("SO0001005", "2", "MUG-STONE", 3, "3"),
+        ],
+        SAGE,
+        POLICY,
     )
     assert not plan.orphans
     got = [(p.document_no, p.line_id, p.quantity, p.dedupe_key) for p in plan.postings]
@@ -108,7 +116,10 @@ def test_failures_defer_with_growing_backoff_then_stick() -> None:
     assert timedelta(seconds=30) <= d1.next_attempt_at - T0 < timedelta(seconds=34)
     assert timedelta(seconds=120) <= d3.next_attempt_at - T0 < timedelta(seconds=133)
     late = T0 + timedelta(minutes=POLICY.lock_deadline_minutes)
-    assert ob.after_failure("lock", attempts=9, created_at=T0, now=late, policy=POLICY, error="x").state == "stuck"
+    assert (
+        ob.after_failure("lock", attempts=9, created_at=T0, now=late, policy=POLICY, error="x").state
+        == "stuck"
+    )
     refused = ob.after_failure("refused", attempts=1, created_at=T0, now=T0, policy=POLICY, error="on hold")
     assert refused.state == "stuck" and "on hold" in refused.reason
     # never deferred past the deadline

@@ -12,7 +12,6 @@ from sage_wms_pipeline.domain.policy import Policy, load_policy
 from sage_wms_pipeline.domain.units import to_e5
 from sage_wms_pipeline.scenario.model import (
     ExpectedVariance,
-    OpeningStock,
     OrderLine,
     Receipt,
     SalesOrder,
@@ -28,9 +27,14 @@ UTC_TS = "datetime64[ns, UTC]"
 
 def _policy(**kw: object) -> Policy:
     base = {
-        "warehouses": [{"sage_name": "LEEDS", "wms_warehouse_id": 1}, {"sage_name": "BRISTOL", "wms_warehouse_id": 2}],
-        "skus": [{"sage_code": "CARD6", "wms_sku": "CARD6", "wms_units_per_sage_unit": 6, "abc_class": "C"},
-                 {"sage_code": "CANDLE", "wms_sku": "CNDL-200", "abc_class": "A"}],
+        "warehouses": [
+            {"sage_name": "LEEDS", "wms_warehouse_id": 1},
+            {"sage_name": "BRISTOL", "wms_warehouse_id": 2},
+        ],
+        "skus": [
+            {"sage_code": "CARD6", "wms_sku": "CARD6", "wms_units_per_sage_unit": 6, "abc_class": "C"},
+            {"sage_code": "CANDLE", "wms_sku": "CNDL-200", "abc_class": "A"},
+        ],
     }
     base.update(kw)
     return Policy.model_validate(base)
@@ -76,12 +80,28 @@ def _row(df: pd.DataFrame, sku: str, wh: str) -> pd.Series:
 def test_despatched_not_posted_is_timing_and_respects_the_cutoff() -> None:
     wms = _wms([("MUG", 1, "90", "0")])
     sage = _sage([("MUG", "LEEDS", "HOME", "100")])
-    ev = _events([
-        ("despatch_not_posted", "MUG", 1, "6", CUT - timedelta(hours=2), None),  # open at cut-off
-        ("despatch_not_posted", "MUG", 1, "3", CUT - timedelta(hours=5), CUT + timedelta(hours=1)),  # posted after
-        ("despatch_not_posted", "MUG", 1, "7", CUT - timedelta(hours=5), CUT - timedelta(hours=1)),  # posted before
-        ("despatch_not_posted", "MUG", 1, "2", CUT + timedelta(minutes=1), None),  # after the cut-off
-    ])
+    ev = _events(
+        [
+            ("despatch_not_posted", "MUG", 1, "6", CUT - timedelta(hours=2), None),  # open at cut-off
+            (
+                "despatch_not_posted",
+                "MUG",
+                1,
+                "3",
+                CUT - timedelta(hours=5),
+                CUT + timedelta(hours=1),
+            ),  # posted after
+            (
+                "despatch_not_posted",
+                "MUG",
+                1,
+                "7",
+                CUT - timedelta(hours=5),
+                CUT - timedelta(hours=1),
+            ),  # posted before
+            ("despatch_not_posted", "MUG", 1, "2", CUT + timedelta(minutes=1), None),  # after the cut-off
+        ]
+    )
     r = _row(stock_parity(wms, sage, ev, _policy(), CUT), "MUG", "LEEDS")
     assert r["variance_e5"] == to_e5("-10")
     assert r["in_flight_despatch_e5"] == to_e5("-9")
@@ -90,27 +110,49 @@ def test_despatched_not_posted_is_timing_and_respects_the_cutoff() -> None:
 
 
 def test_receipt_quarantine_uom_shrink_and_gain_each_land_in_their_cause() -> None:
-    wms = _wms([
-        ("MUG", 1, "112", "0"),  # receipt of 12 booked in the WMS only
-        ("THROW", 1, "10", "3"),  # 3 returns in quarantine, not in Sage
-        ("CARD6", 1, "327", "0"),  # 54 packs of 6 + 3 loose eaches = half a pack
-        ("HOODIE", 2, "45", "0"),  # 3 missing: shrink
-        ("TEE", 2, "52", "0"),  # 2 found: gain
-    ])
-    sage = _sage([
-        ("MUG", "LEEDS", "HOME", "100"), ("THROW", "LEEDS", "HOME", "10"), ("CARD6", "LEEDS", "GIFTS", "54"),
-        ("HOODIE", "BRISTOL", "APPAREL", "48"), ("TEE", "BRISTOL", "APPAREL", "50"),
-    ])
+    wms = _wms(
+        [
+            ("MUG", 1, "112", "0"),  # receipt of 12 booked in the WMS only
+            ("THROW", 1, "10", "3"),  # 3 returns in quarantine, not in Sage
+            ("CARD6", 1, "327", "0"),  # 54 packs of 6 + 3 loose eaches = half a pack
+            ("HOODIE", 2, "45", "0"),  # 3 missing: shrink
+            ("TEE", 2, "52", "0"),  # 2 found: gain
+        ]
+    )
+    sage = _sage(
+        [
+            ("MUG", "LEEDS", "HOME", "100"),
+            ("THROW", "LEEDS", "HOME", "10"),
+            ("CARD6", "LEEDS", "GIFTS", "54"),
+            ("HOODIE", "BRISTOL", "APPAREL", "48"),
+            ("TEE", "BRISTOL", "APPAREL", "50"),
+        ]
+    )
     ev = _events([("receipt_not_in_sage", "MUG", 1, "12", CUT - timedelta(days=1), None)])
     df = stock_parity(wms, sage, ev, _policy(), CUT)
     mug, throw, card, hoodie, tee = (
-        _row(df, "MUG", "LEEDS"), _row(df, "THROW", "LEEDS"), _row(df, "CARD6", "LEEDS"),
-        _row(df, "HOODIE", "BRISTOL"), _row(df, "TEE", "BRISTOL"),
+        _row(df, "MUG", "LEEDS"),
+        _row(df, "THROW", "LEEDS"),
+        _row(df, "CARD6", "LEEDS"),
+        _row(df, "HOODIE", "BRISTOL"),
+        _row(df, "TEE", "BRISTOL"),
     )
     assert (mug["receipts_not_in_sage_e5"], mug["unexplained_e5"]) == (to_e5("12"), 0)
-    assert (throw["quarantine_e5"], throw["variance_e5"], throw["unexplained_e5"]) == (to_e5("3"), to_e5("3"), 0)
-    assert (card["wms_qty_e5"], card["mapping_e5"], card["unexplained_e5"]) == (to_e5("54.5"), to_e5("0.5"), 0)
-    assert (hoodie["variance_e5"], hoodie["unexplained_e5"], hoodie["explained_e5"]) == (to_e5("-3"), to_e5("-3"), 0)
+    assert (throw["quarantine_e5"], throw["variance_e5"], throw["unexplained_e5"]) == (
+        to_e5("3"),
+        to_e5("3"),
+        0,
+    )
+    assert (card["wms_qty_e5"], card["mapping_e5"], card["unexplained_e5"]) == (
+        to_e5("54.5"),
+        to_e5("0.5"),
+        0,
+    )
+    assert (hoodie["variance_e5"], hoodie["unexplained_e5"], hoodie["explained_e5"]) == (
+        to_e5("-3"),
+        to_e5("-3"),
+        0,
+    )
     assert (tee["unexplained_e5"], tee["within_tolerance"]) == (to_e5("2"), False)
 
 
@@ -122,26 +164,43 @@ def test_unmapped_sku_and_warehouse_are_mapping_not_shrink() -> None:
     assert _row(df, "CANDLE", "LEEDS")["variance_e5"] == 0  # SKU code mapped across
     mystery = _row(df, "WMS:MYSTERY", "LEEDS")
     assert (mystery["mapping_e5"], mystery["unexplained_e5"], mystery["mapping_issue"]) == (
-        to_e5("5"), 0, "unmapped WMS SKU")
+        to_e5("5"),
+        0,
+        "unmapped WMS SKU",
+    )
     assert _row(df, "CANDLE", "WMS:7")["mapping_issue"] == "unmapped WMS warehouse"
     orphan = _row(df, "ORPHAN", "LEEDS")
     assert (orphan["mapping_e5"], orphan["unexplained_e5"]) == (to_e5("-4"), 0)
 
 
 def test_tolerance_by_group_then_abc_then_default() -> None:
-    policy = _policy(tolerances={
-        "default": {"abs_units": "0", "percent": "0"},
-        "by_abc_class": {"A": {"abs_units": "0", "percent": "1"}, "C": {"abs_units": "1", "percent": "5"}},
-        "by_product_group": {"GIFTS": {"abs_units": "3", "percent": "0"}},
-    })
+    policy = _policy(
+        tolerances={
+            "default": {"abs_units": "0", "percent": "0"},
+            "by_abc_class": {
+                "A": {"abs_units": "0", "percent": "1"},
+                "C": {"abs_units": "1", "percent": "5"},
+            },
+            "by_product_group": {"GIFTS": {"abs_units": "3", "percent": "0"}},
+        }
+    )
     wms = _wms([("CNDL-200", 1, "198", "0"), ("CARD6", 1, "312", "0"), ("MUG", 1, "99", "0")])
-    sage = _sage([("CANDLE", "LEEDS", "HOME", "200"), ("CARD6", "LEEDS", "GIFTS", "55"),
-                  ("MUG", "LEEDS", "HOME", "100")])
+    sage = _sage(
+        [
+            ("CANDLE", "LEEDS", "HOME", "200"),
+            ("CARD6", "LEEDS", "GIFTS", "55"),
+            ("MUG", "LEEDS", "HOME", "100"),
+        ]
+    )
     df = stock_parity(wms, sage, NO_EVENTS, policy, CUT)
     candle = _row(df, "CANDLE", "LEEDS")  # ABC A: 1% of 200 = 2 units
     assert (candle["tolerance_e5"], candle["within_tolerance"]) == (to_e5("2"), True)
     card = _row(df, "CARD6", "LEEDS")  # group GIFTS wins over ABC C: 3 units; variance -3
-    assert (card["tolerance_e5"], card["unexplained_e5"], card["within_tolerance"]) == (to_e5("3"), to_e5("-3"), True)
+    assert (card["tolerance_e5"], card["unexplained_e5"], card["within_tolerance"]) == (
+        to_e5("3"),
+        to_e5("-3"),
+        True,
+    )
     mug = _row(df, "MUG", "LEEDS")  # default: zero tolerance
     assert (mug["tolerance_e5"], mug["within_tolerance"]) == (0, False)
 
@@ -208,13 +267,28 @@ def test_every_drift_kind_in_one_scenario_matches_ground_truth() -> None:
     opening[("GIFTBOX-S", "BRISTOL")].wms_quarantine = Decimal(4)
     opening[("CARD-XMAS-6", "BRISTOL")].wms_on_hand = Decimal(165)
     s.opening_stock = list(opening.values())
-    s.receipts = [Receipt(reference="ASN1", sku="MUG-STONE", warehouse="3PL-MK", quantity=Decimal(24),
-                          unit_cost=Decimal("2.10"), expected=s.starts_at, booked_in_wms=True)]
-    s.orders.append(SalesOrder(
-        document_no="SO0009999", customer=s.orders[0].customer, document_date=s.starts_at,
-        lines=[OrderLine(sku="CANDLE-FIG", warehouse="3PL-MK", quantity=Decimal(2), unit_price=Decimal(16))],
-        in_wms=WmsOrderState(status="DESPATCHED", despatched_quantities={0: Decimal(2)}),
-    ))
+    s.receipts = [
+        Receipt(
+            reference="ASN1",
+            sku="MUG-STONE",
+            warehouse="3PL-MK",
+            quantity=Decimal(24),
+            unit_cost=Decimal("2.10"),
+            expected=s.starts_at,
+            booked_in_wms=True,
+        )
+    ]
+    s.orders.append(
+        SalesOrder(
+            document_no="SO0009999",
+            customer=s.orders[0].customer,
+            document_date=s.starts_at,
+            lines=[
+                OrderLine(sku="CANDLE-FIG", warehouse="3PL-MK", quantity=Decimal(2), unit_price=Decimal(16))
+            ],
+            in_wms=WmsOrderState(status="DESPATCHED", despatched_quantities={0: Decimal(2)}),
+        )
+    )
     s.expected += [
         ExpectedVariance(sku="HOODIE-NVY-M", warehouse="BRISTOL", cause="unexplained", quantity=Decimal(-3)),
         ExpectedVariance(sku="THROW-WOOL", warehouse="LEEDS", cause="unexplained", quantity=Decimal(2)),

@@ -34,9 +34,15 @@ def test_yaml_floats_are_read_as_exact_decimals(tmp_path: Path) -> None:
         ("tolerances:\n  by_abc_class:\n    D: {percent: 1}\n", "tolerances.by_abc_class.D"),
         ("tolerances:\n  default: {percent: -1}\n", "tolerances.default.percent"),
         ("restock: {authority: finance}\n", "restock.authority"),
-        ("warehouses:\n  - {sage_name: LEEDS, wms_warehouse_id: 1}\n  - {sage_name: HULL, wms_warehouse_id: 1}\n",
-         "warehouses[1]: WMS key 1 already mapped at warehouses[0]"),
-        ("skus:\n  - {sage_code: A, wms_sku: X, wms_units_per_sage_unit: 0}\n", "skus.0.wms_units_per_sage_unit"),
+        (
+            "warehouses:\n  - {sage_name: LEEDS, wms_warehouse_id: 1}\n"
+            "  - {sage_name: HULL, wms_warehouse_id: 1}\n",
+            "warehouses[1]: WMS key 1 already mapped at warehouses[0]",
+        ),
+        (
+            "skus:\n  - {sage_code: A, wms_sku: X, wms_units_per_sage_unit: 0}\n",
+            "skus.0.wms_units_per_sage_unit",
+        ),
         ("colour: blue\n", "colour"),
         ("outbox: {backoff_base_seconds: 60, backoff_max_seconds: 30}\n", "backoff_max_seconds"),
     ],
@@ -69,11 +75,15 @@ def test_scenario_supplies_the_mappings() -> None:
 
 
 def test_tolerance_precedence() -> None:
-    p = Policy.model_validate({"tolerances": {
-        "default": {"abs_units": 9},
-        "by_abc_class": {"A": {"percent": 1}},
-        "by_product_group": {"GIFTS": {"abs_units": 2}},
-    }})
+    p = Policy.model_validate(
+        {
+            "tolerances": {
+                "default": {"abs_units": 9},
+                "by_abc_class": {"A": {"percent": 1}},
+                "by_product_group": {"GIFTS": {"abs_units": 2}},
+            }
+        }
+    )
     assert p.tolerance_for("GIFTS", "A").abs_units == 2
     assert p.tolerance_for("HOME", "A").percent == 1
     assert p.tolerance_for("HOME", None).abs_units == 9

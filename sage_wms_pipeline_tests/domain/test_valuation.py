@@ -19,31 +19,37 @@ CUT = pd.Timestamp("2026-11-30T18:00:00Z")
 
 def _parity(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
     """(sku, warehouse, variance, unexplained) -> the parity columns valuation reads."""
-    return pd.DataFrame({
-        "cutoff": pd.Series([CUT] * len(rows), dtype="datetime64[ns, UTC]"),
-        "sku": [r[0] for r in rows],
-        "warehouse": [r[1] for r in rows],
-        "variance_e5": [to_e5(r[2]) for r in rows],
-        "explained_e5": [to_e5(r[2]) - to_e5(r[3]) for r in rows],
-        "unexplained_e5": [to_e5(r[3]) for r in rows],
-    })
+    return pd.DataFrame(
+        {
+            "cutoff": pd.Series([CUT] * len(rows), dtype="datetime64[ns, UTC]"),
+            "sku": [r[0] for r in rows],
+            "warehouse": [r[1] for r in rows],
+            "variance_e5": [to_e5(r[2]) for r in rows],
+            "explained_e5": [to_e5(r[2]) - to_e5(r[3]) for r in rows],
+            "unexplained_e5": [to_e5(r[3]) for r in rows],
+        }
+    )
 
 
-PRICES = pd.DataFrame({
-    "sku": ["STD", "AVG", "FIFO"],
-    "product_group": ["GIFTS", "HOME", "APPAREL"],
-    "costing_method": ["Standard", "Average", "FIFO"],
-    "stock_nominal_code": ["1003", "1002", "1001"],
-    "standard_cost_e5": [to_e5("1.80"), to_e5("0"), to_e5("0")],
-    "average_buying_price_e5": [to_e5("1.70"), to_e5("2.15333"), to_e5("4.10")],
-})
-LAYERS = pd.DataFrame({
-    "sku": ["FIFO"] * 3,
-    "warehouse": ["LEEDS"] * 3,
-    "received_at": pd.to_datetime(["2026-09-01", "2026-10-01", "2026-11-01"], utc=True),
-    "quantity_e5": [to_e5("5"), to_e5("10"), to_e5("4")],
-    "unit_cost_e5": [to_e5("3.90"), to_e5("4.00"), to_e5("4.25")],
-})
+PRICES = pd.DataFrame(
+    {
+        "sku": ["STD", "AVG", "FIFO"],
+        "product_group": ["GIFTS", "HOME", "APPAREL"],
+        "costing_method": ["Standard", "Average", "FIFO"],
+        "stock_nominal_code": ["1003", "1002", "1001"],
+        "standard_cost_e5": [to_e5("1.80"), to_e5("0"), to_e5("0")],
+        "average_buying_price_e5": [to_e5("1.70"), to_e5("2.15333"), to_e5("4.10")],
+    }
+)
+LAYERS = pd.DataFrame(
+    {
+        "sku": ["FIFO"] * 3,
+        "warehouse": ["LEEDS"] * 3,
+        "received_at": pd.to_datetime(["2026-09-01", "2026-10-01", "2026-11-01"], utc=True),
+        "quantity_e5": [to_e5("5"), to_e5("10"), to_e5("4")],
+        "unit_cost_e5": [to_e5("3.90"), to_e5("4.00"), to_e5("4.25")],
+    }
+)
 
 
 def _one(detail: pd.DataFrame, sku: str) -> pd.Series:
@@ -51,10 +57,15 @@ def _one(detail: pd.DataFrame, sku: str) -> pd.Series:
 
 
 def test_standard_and_average_use_their_prices_to_the_penny() -> None:
-    detail, _ = valuation_deltas(_parity([("STD", "LEEDS", "-7", "-2"), ("AVG", "LEEDS", "3", "3")]),
-                                 PRICES, Policy())
+    detail, _ = valuation_deltas(
+        _parity([("STD", "LEEDS", "-7", "-2"), ("AVG", "LEEDS", "3", "3")]), PRICES, Policy()
+    )
     std, avg = _one(detail, "STD"), _one(detail, "AVG")
-    assert (std["value_pence"], std["unexplained_value_pence"], std["explained_value_pence"]) == (-1260, -360, -900)
+    assert (std["value_pence"], std["unexplained_value_pence"], std["explained_value_pence"]) == (
+        -1260,
+        -360,
+        -900,
+    )
     # 3 × 2.15333 = 6.45999 -> 6.46
     assert (avg["unit_cost_e5"], avg["value_pence"]) == (to_e5("2.15333"), 646)
 
@@ -104,8 +115,9 @@ def test_unpriced_lines_are_flagged_not_fatal() -> None:
 
 def test_materiality_flags_lines_over_the_threshold() -> None:
     policy = Policy.model_validate({"tolerances": {"value_materiality_gbp": "10.00"}})
-    detail, _ = valuation_deltas(_parity([("STD", "LEEDS", "-6", "-6"), ("AVG", "LEEDS", "-4", "-4")]),
-                                 PRICES, policy)
+    detail, _ = valuation_deltas(
+        _parity([("STD", "LEEDS", "-6", "-6"), ("AVG", "LEEDS", "-4", "-4")]), PRICES, policy
+    )
     assert bool(_one(detail, "STD")["material"]) and not bool(_one(detail, "AVG")["material"])
 
 
@@ -113,23 +125,29 @@ def test_summary_ties_to_detail_to_the_penny_on_random_data() -> None:
     rng = np.random.default_rng(3)
     n = 5000
     skus = rng.choice(["STD", "AVG", "FIFO"], n)
-    parity = pd.DataFrame({
-        "cutoff": pd.Series([CUT] * n, dtype="datetime64[ns, UTC]"),
-        "sku": skus,
-        "warehouse": [f"W{i}" for i in range(n)],
-        "variance_e5": rng.integers(-10**7, 10**7, n),
-    })
+    parity = pd.DataFrame(
+        {
+            "cutoff": pd.Series([CUT] * n, dtype="datetime64[ns, UTC]"),
+            "sku": skus,
+            "warehouse": [f"W{i}" for i in range(n)],
+            "variance_e5": rng.integers(-(10**7), 10**7, n),
+        }
+    )
     parity["unexplained_e5"] = parity["variance_e5"] // 3
     parity["explained_e5"] = parity["variance_e5"] - parity["unexplained_e5"]
     layers = LAYERS.assign(warehouse="W1")
     detail, summary = valuation_deltas(parity, PRICES, Policy(), layers)
     assert summary["net_value_pence"].sum() == detail["value_pence"].sum()
     assert summary["abs_unexplained_pence"].sum() == detail["unexplained_value_pence"].abs().sum()
-    assert (detail["explained_value_pence"] + detail["unexplained_value_pence"] == detail["value_pence"]).all()
+    assert (
+        detail["explained_value_pence"] + detail["unexplained_value_pence"] == detail["value_pence"]
+    ).all()
     # each Standard line equals the Decimal arithmetic
     std = detail[detail["costing_method"] == "Standard"].head(50)
     for _, r in std.iterrows():
-        want = (Decimal(int(r["variance_e5"])) / 10**5 * Decimal("1.80") * 100).quantize(Decimal(1), ROUND_HALF_UP)
+        want = (Decimal(int(r["variance_e5"])) / 10**5 * Decimal("1.80") * 100).quantize(
+            Decimal(1), ROUND_HALF_UP
+        )
         assert r["value_pence"] == int(want)
 
 

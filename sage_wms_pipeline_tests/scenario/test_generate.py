@@ -167,3 +167,11 @@ def test_bad_arguments_are_refused() -> None:
         generate(skus=5, warehouses=3, orders_per_day=10, days=1, seed=1)
     with pytest.raises(ValueError, match="warehouses must be between"):
         generate(skus=100, warehouses=0, orders_per_day=10, days=1, seed=1)
+
+
+@pytest.mark.parametrize("warehouses", [1, 2, 3, 5])
+def test_even_the_smallest_catalogue_plants_every_kind(warehouses: int) -> None:
+    for seed in range(8):
+        s = validate_scenario(generate(skus=50, warehouses=warehouses, orders_per_day=20, days=1, seed=seed))
+        assert {d.kind for d in s.drift} == ALL_KINDS, (seed, warehouses)
+        assert implied_variances(s) == {k: q for k, q in expected_by_pair(s).items() if q != 0}

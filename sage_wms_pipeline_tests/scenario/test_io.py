@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def test_field_errors_name_the_field_and_the_row(demo: dict[str, Any]) -> None:
     problems = problems_of(demo)
     assert any(
         p.startswith("opening_stock[9].sage_confirmed: Input should be greater than or equal to 0 (got ")
-        and p.endswith("(stock MUG-STONE LEEDS)")
+        and p.endswith("(stock MUG-STONE at LEEDS)")
         for p in problems
     ), problems
     assert any(p.startswith("orders[1].lines[0].quantity:") and "(order SO0001002)" in p for p in problems)
@@ -174,6 +175,11 @@ def test_field_errors_name_the_field_and_the_row(demo: dict[str, Any]) -> None:
             ),
             "receipts[0].sku: unknown SKU 'NOPE' (receipt ASN1)",
         ),
+        (
+            lambda d: d["opening_stock"][0].update(wms_on_hand=Decimal("143.5")),
+            "opening_stock[0].wms_on_hand: the WMS holds whole units, 143.5 is not "
+            "(stock TSHIRT-BLK-M at LEEDS)",
+        ),
     ],
 )
 def test_cross_reference_refusals(demo: dict[str, Any], mutate: Any, message: str) -> None:
@@ -217,3 +223,12 @@ def test_json_schema_accepts_the_demo_and_describes_fields(demo: dict[str, Any])
 
 def test_shipped_schema_file_is_current() -> None:
     assert jsonutil.loads(SCHEMA_FILE.read_text()) == jsonutil.loads(jsonutil.dumps(scenario_json_schema()))
+
+
+def test_the_documented_example_is_valid(tmp_path: Path) -> None:
+    text = (settings.PROJECT_ROOT / "docs" / "scenarios.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert example is not None
+    (tmp_path / "example.yaml").write_text(example.group(1))
+    s = read_scenario(tmp_path / "example.yaml")
+    assert [(e.sku, e.cause, e.quantity) for e in s.expected] == [("MUG-STONE", "unexplained", Decimal(-3))]

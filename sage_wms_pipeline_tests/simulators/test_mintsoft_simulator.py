@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from sage_wms_pipeline import jsonutil
-from sage_wms_pipeline.scenario.model import Scenario
+from sage_wms_pipeline.scenario.model import Receipt, Scenario, WmsOrderState
 from sage_wms_pipeline.settings import demo_scenario_path
 from sage_wms_pipeline_tests.conftest import Sandbox, start_sandbox
 
@@ -274,8 +274,24 @@ def test_cancel_releases_allocation_and_despatched_orders_cannot_be_cancelled(wm
     assert wms.ok("GET", f"/api/Order/{oid}/Cancel")["Success"]
     assert wms.order(oid)["OrderStatus"] == "CANCELLED"
     assert wms.level("MUG-STONE", 1)["Allocated"] == 0
+    repeat = wms.ok("GET", f"/api/Order/{oid}/Cancel")
+    assert repeat["Success"] and repeat["WarningMessage"] == "already cancelled"
     (so8,) = wms.parts("SO0001008")
     assert "cannot be cancelled" in wms.refused(409, "POST", f"/api/Order/{so8['ID']}/Cancel")
+
+
+def test_some_orders_are_cancelled_after_printing(wms: Wms) -> None:
+    wms.admin("scenario", calm(cancel_after_print_rate=1).model_dump(mode="python"))
+    wms.login()
+    oid = wms.create("SO-GONE", [("CNDL-FIG-200", 3)], warehouse=2)["OrderId"]
+    wms.advance(0.7)
+    assert wms.order(oid)["OrderStatus"] == "PRINTED"
+    assert wms.level("CNDL-FIG-200", 2)["Allocated"] == 3
+    wms.advance(1)
+    assert wms.order(oid)["OrderStatus"] == "CANCELLED"
+    assert wms.level("CNDL-FIG-200", 2)["Allocated"] == 0
+    assert [o["ID"] for o in wms.ok("GET", "/api/Order/List", OrderStatusId=5, WarehouseId=2)] == [oid]
+    assert wms.ok("GET", "/api/Order/List", OrderStatusId=5, WarehouseId=1) == []
 
 
 def test_split_orders_despatch_in_parts_and_parcels(wms: Wms) -> None:
@@ -389,6 +405,25 @@ def test_bad_stock_movement_names_the_field_and_changes_nothing(wms: Wms) -> Non
     assert "Limit" in wms.refused(400, "GET", "/api/Product/StockFlow", Limit=500)
 
 
+def test_bulk_on_hand_update_sets_the_level_through_count_corrections(wms: Wms) -> None:
+    wms.create("SO-HELD", [("THROW-WOOL", 20)])  # 20 of the 24 at Leeds allocated
+    rows = [
+        {"SKU": "THROW-WOOL", "WarehouseId": 1, "Quantity": 22},
+        {"SKU": "THROW-WOOL", "WarehouseId": 2, "Quantity": 15},
+    ]
+    wms.ok("POST", "/api/Product/BulkOnHandStockUpdate", rows)
+    assert [wms.level("THROW-WOOL", w)["TotalStockLevel"] for w in (1, 2)] == [22, 15]
+    ledger = [(f["WarehouseId"], f["Flow"], f["LevelChange"]) for f in wms.flows()][-2:]
+    assert ledger == [(1, "CountCorrection", -2), (2, "CountCorrection", 3)]
+    # Below what is allocated is refused, and the batch keeps nothing.
+    too_low = [
+        {"SKU": "THROW-WOOL", "WarehouseId": 2, "Quantity": 1},
+        {"SKU": "THROW-WOOL", "WarehouseId": 1, "Quantity": 19},
+    ]
+    assert "[1].Quantity" in wms.refused(400, "POST", "/api/Product/BulkOnHandStockUpdate", too_low)
+    assert [wms.level("THROW-WOOL", w)["TotalStockLevel"] for w in (1, 2)] == [22, 15]
+
+
 def test_stock_flow_reads_incrementally(wms: Wms) -> None:
     for qty in (1, 2, 3):
         wms.ok(
@@ -444,6 +479,23 @@ def test_asn_partial_then_full_book_in(wms: Wms) -> None:
     )
 
 
+def test_asn_receive_then_book_in_books_what_was_counted(wms: Wms) -> None:
+    body = {"WarehouseId": 2, "POReference": "PO-88", "Items": [{"SKU": "THROW-WOOL", "Quantity": 5}]}
+    aid = wms.ok("PUT", "/api/ASN", body)["ID"]
+    wms.ok("GET", f"/api/ASN/{aid}/Confirm")
+    assert wms.ok("GET", f"/api/ASN/{aid}")["Status"] == "AwaitingDelivery"
+    wms.ok("POST", f"/api/ASN/{aid}/Items/Receive", [{"SKU": "THROW-WOOL", "Quantity": 3}])
+    asn = wms.ok("GET", f"/api/ASN/{aid}")
+    assert asn["Status"] == "AwaitingPutAway" and asn["Items"][0]["QuantityReceieved"] == 3
+    assert wms.level("THROW-WOOL", 2)["TotalStockLevel"] == 12  # counted, not yet booked in
+    wms.ok("POST", f"/api/ASN/{aid}/BookIn")
+    asn = wms.ok("GET", f"/api/ASN/{aid}")
+    assert asn["Status"] == "BookedIn" and asn["Items"][0]["QuantityBooked"] == 3
+    row = wms.level("THROW-WOOL", 2)
+    assert (row["TotalStockLevel"], row["OnOrder"]) == (15, 0)
+    assert "already booked in" in wms.refused(409, "POST", f"/api/ASN/{aid}/BookIn")
+
+
 def test_asn_with_estimated_delivery_is_booked_in_by_the_warehouse(wms: Wms) -> None:
     now = wms.ok("GET", "/_sandbox/clock")["now"]
     eta = jsonutil.iso_z(datetime.fromisoformat(now.replace("Z", "+00:00")) + timedelta(hours=2))
@@ -490,6 +542,7 @@ def test_returns_graded_restock_quarantine_scrap(wms: Wms) -> None:
     }
     assert flows == {"Return": (3, 0), "ReturnToQuarantine": (0, 2), "Scrap_Return": (0, 0)}
     assert rid in [r["ID"] for r in wms.ok("GET", "/api/Return/SearchByDate", FromDate=ret["CreatedDate"])]
+    assert wms.ok("GET", f"/api/Return/{rid}/Items") == ret["Items"]
     new = wms.create("SO-NOTYET", [("MUG-STONE", 1)])["OrderId"]
     assert "despatched" in wms.refused(409, "POST", f"/api/Return/CreateReturn/{new}")
 
@@ -505,6 +558,76 @@ def test_warehouse_raises_returns_by_itself(wms: Wms) -> None:
     assert {i["StockAction"] for r in returns for i in r["Items"]} <= {"Restock", "Quarantine", "Scrap"}
     for r in returns:
         assert r["OrderNumber"].startswith("SO-RET") and sum(i["Quantity"] for i in r["Items"]) <= 2
+
+
+def test_scenario_receipts_and_part_despatched_orders_load_as_the_wms_holds_them(wms: Wms) -> None:
+    sc = calm()
+    start = sc.starts_at
+    sc.receipts = [
+        Receipt(
+            reference="PO-IN",
+            sku="MUG-STONE",
+            warehouse="LEEDS",
+            quantity=Decimal(10),
+            unit_cost=Decimal("2.15"),
+            expected=start - timedelta(days=1),
+            booked_in_wms=True,
+        ),
+        Receipt(
+            reference="PO-DUE",
+            sku="CARD-XMAS-6",
+            warehouse="BRISTOL",
+            quantity=Decimal(2),
+            unit_cost=Decimal("1.80"),
+            expected=start + timedelta(hours=3),
+        ),
+    ]
+    so1 = next(o for o in sc.orders if o.document_no == "SO0001001")  # 2 TSHIRT-BLK-M, 1 MUG-STONE
+    so1.in_wms = WmsOrderState(status="PICKED", despatched_quantities={0: Decimal(1)})
+    wms.admin("scenario", sc.model_dump(mode="python"))
+    wms.login()
+
+    parts = wms.parts("SO0001001")
+    assert [(p["Part"], p["OrderStatus"]) for p in parts] == [(1, "DESPATCHED"), (2, "PICKED")]
+    assert [(i["SKU"], i["QuantityDespatched"]) for i in parts[0]["OrderItems"]] == [("TSHIRT-BLK-M", 1)]
+    assert sorted((i["SKU"], i["Quantity"], i["Allocated"]) for i in parts[1]["OrderItems"]) == [
+        ("MUG-STONE", 1, 1),
+        ("TSHIRT-BLK-M", 1, 1),
+    ]
+    tshirt = wms.level("TSHIRT-BLK-M", 1)
+    assert (tshirt["TotalStockLevel"], tshirt["Allocated"]) == (144 - 10 - 1, 1)
+    assert (
+        wms.level("MUG-STONE", 1)["TotalStockLevel"] == 185 + 10
+    )  # opening stock is the position before receipts: the booked-in receipt adds to it
+    asns = {a["POReference"]: a for a in wms.ok("GET", "/api/ASN/List")}
+    assert asns["PO-IN"]["Status"] == "BookedIn" and asns["PO-DUE"]["Status"] == "AwaitingDelivery"
+    cards = wms.level("CARD-XMAS-6", 2)
+    assert (cards["TotalStockLevel"], cards["OnOrder"]) == (162, 12)  # 2 packs of 6 eaches due
+
+    wms.advance(4)
+    cards = wms.level("CARD-XMAS-6", 2)
+    assert (cards["TotalStockLevel"], cards["OnOrder"]) == (174, 0)
+    assert wms.order(parts[1]["ID"])["OrderStatus"] == "DESPATCHED"
+
+    so1.in_wms = WmsOrderState(status="DESPATCHED", despatched_quantities={0: Decimal(3)})
+    message = wms.refused(400, "POST", "/_sandbox/scenario", sc.model_dump(mode="python"))
+    assert "SO0001001" in message and "despatched_quantities[0]" in message
+
+
+def test_evening_count_loses_a_share_of_the_days_sales(wms: Wms) -> None:
+    wms.admin("scenario", calm(shrink_rate="0.5").model_dump(mode="python"))
+    wms.login()
+    wms.create("SO-SOLD", [("GIFTBOX-S", 10)])
+    wms.advance(9)  # 17:00: despatched, not yet counted
+    assert wms.level("GIFTBOX-S", 1)["TotalStockLevel"] == 290
+    wms.advance(2)  # past the 18:00 count
+    lost = [f for f in wms.flows() if f["Flow"] in {"Scrap", "CountCorrection"}]
+    by_row: dict[tuple[str, int], int] = {}
+    for f in lost:
+        by_row[f["SKU"], f["WarehouseId"]] = by_row.get((f["SKU"], f["WarehouseId"]), 0) + f["LevelChange"]
+    # Half of each day's sales: ours, and the demo's SO0001008 despatched at the scenario start.
+    assert by_row == {("GIFTBOX-S", 1): -5, ("TSHIRT-BLK-M", 1): -5, ("MUG-STONE", 2): -3}
+    assert wms.level("GIFTBOX-S", 1)["TotalStockLevel"] == 285
 
 
 # ---- the admin surface -----------------------------------------------------------------------------

@@ -20,11 +20,18 @@ from sage_wms_pipeline.simulators.sage200.app import BASE
 from sage_wms_pipeline.simulators.sage200.store import SITE_ID
 from sage_wms_pipeline_tests.conftest import Sandbox, start_sandbox
 
-SWAGGER = Path(__file__).resolve().parents[2] / "sage_wms_pipeline/simulators/sage200/swagger_definitions.json"
+SWAGGER = (
+    Path(__file__).resolve().parents[2] / "sage_wms_pipeline/simulators/sage200/swagger_definitions.json"
+)
 # Sage's own status literals (EnumDocumentStatusComplete, 26 chars) overflow the 20 its Swagger declares
 LONG_ENUM_FIELDS = {"document_status", "sop_order_document_status_type"}
-STATUS_LITERALS = {"EnumDocumentStatusLive", "EnumDocumentStatusOnHold", "EnumDocumentStatusComplete",
-                   "EnumDocumentStatusCancelled", "EnumDocumentStatusDraft"}
+STATUS_LITERALS = {
+    "EnumDocumentStatusLive",
+    "EnumDocumentStatusOnHold",
+    "EnumDocumentStatusComplete",
+    "EnumDocumentStatusCancelled",
+    "EnumDocumentStatusDraft",
+}
 LINE_TYPES = {"EnumLineTypeStandard", "EnumLineTypeFreeText", "EnumLineTypeCharge", "EnumLineTypeComment"}
 
 
@@ -37,8 +44,13 @@ def sandbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox
 
 
 def get_token(base: str, **form: str) -> httpx.Response:
-    data = {"grant_type": "authorization_code", "client_id": "sandbox", "client_secret": "sandbox",
-            "code": "sandbox-code", **form}
+    data = {
+        "grant_type": "authorization_code",
+        "client_id": "sandbox",
+        "client_secret": "sandbox",
+        "code": "sandbox-code",
+        **form,
+    }
     return httpx.post(base + "/oauth/token", data=data, timeout=30)
 
 
@@ -67,6 +79,7 @@ def admin(sandbox: Sandbox, path: str, payload: object) -> httpx.Response:
 
 
 # --- conformance ----------------------------------------------------------------------------------
+
 
 def _json_schema(name: str) -> dict[str, Any]:
     """A Swagger definition as JSON Schema: nulls allowed (Sage sends them), `required` relaxed."""
@@ -97,24 +110,42 @@ def validate(instance: Any, name: str) -> None:
 
 
 def test_every_resource_matches_the_swagger_definitions(api: httpx.Client) -> None:
-    order = ok(api.get("/sop_orders", params={"$filter": "document_no eq 'SO0001001'", "$expand": "lines"}))[0]
-    despatch = {"sop_order_return_id": order["id"], "items": [{"id": ln["id"], "quantity": ln["line_quantity"]}
-                                                              for ln in order["lines"]],
-                "tracking_items": [{"consignment_no": "RM1234", "pieces": 1, "weight": Decimal("0.5")}]}
-    validate(ok(api.post("/sop_confirm_despatch", content=jsonutil.dumps(despatch))),
-             "sop_confirm_despatch_adjustment")
-    stocktake = ok(api.post("/stocktakes", content=jsonutil.dumps(
-        {"warehouse_id": 1, "stocktake_items": [{"item_code": "MUG-STONE", "is_selected": True}]})))
+    order = ok(api.get("/sop_orders", params={"$filter": "document_no eq 'SO0001001'", "$expand": "lines"}))[
+        0
+    ]
+    despatch = {
+        "sop_order_return_id": order["id"],
+        "items": [{"id": ln["id"], "quantity": ln["line_quantity"]} for ln in order["lines"]],
+        "tracking_items": [{"consignment_no": "RM1234", "pieces": 1, "weight": Decimal("0.5")}],
+    }
+    validate(
+        ok(api.post("/sop_confirm_despatch", content=jsonutil.dumps(despatch))),
+        "sop_confirm_despatch_adjustment",
+    )
+    stocktake = ok(
+        api.post(
+            "/stocktakes",
+            content=jsonutil.dumps(
+                {"warehouse_id": 1, "stocktake_items": [{"item_code": "MUG-STONE", "is_selected": True}]}
+            ),
+        )
+    )
     validate(stocktake, "stocktake")
 
     checks = [
-        ("/product_groups", "product_group"), ("/products", "product"), ("/warehouses", "warehouse"),
-        ("/warehouse_holdings", "warehouse_holding"), ("/sop_orders?$expand=lines", "sop_order"),
-        ("/sop_orders/1/sop_order_lines", "sop_order_line"), ("/sop_confirm_despatch", "sop_confirm_despatch_adjustment"),
+        ("/product_groups", "product_group"),
+        ("/products", "product"),
+        ("/warehouses", "warehouse"),
+        ("/warehouse_holdings", "warehouse_holding"),
+        ("/sop_orders?$expand=lines", "sop_order"),
+        ("/sop_orders/1/sop_order_lines", "sop_order_line"),
+        ("/sop_confirm_despatch", "sop_confirm_despatch_adjustment"),
         ("/sop_despatch_receipts", "sop_despatch_receipt"),
         ("/sop_order_despatch_line_views", "sop_order_despatch_line_view"),
-        ("/product_transaction_views", "product_transaction_view"), ("/sop_settings", "sop_settings"),
-        ("/stock_settings", "stock_settings"), ("/stocktakes", "stocktake"),
+        ("/product_transaction_views", "product_transaction_view"),
+        ("/sop_settings", "sop_settings"),
+        ("/stock_settings", "stock_settings"),
+        ("/stocktakes", "stocktake"),
     ]
     for path, definition in checks:
         items = ok(api.get(path))
@@ -123,14 +154,19 @@ def test_every_resource_matches_the_swagger_definitions(api: httpx.Client) -> No
             validate(item, definition)
     validate(ok(api.get(f"/sop_orders/{order['id']}")), "sop_order")
     validate(ok(api.get(f"/sop_order_lines/{order['lines'][0]['id']}")), "sop_order_line")
-    validate(ok(api.get(f"/stocktake_count_sheet_items/{stocktake['stocktake_count_sheet_items'][0]['id']}")),
-             "stocktake_count_sheet_item")
+    validate(
+        ok(api.get(f"/stocktake_count_sheet_items/{stocktake['stocktake_count_sheet_items'][0]['id']}")),
+        "stocktake_count_sheet_item",
+    )
 
 
 def test_enum_literals_and_entity_stamps(api: httpx.Client) -> None:
     groups = ok(api.get("/product_groups"))
-    assert {g["product_type"] for g in groups} <= {"EnumStockItemTypeStock", "EnumStockItemTypeServiceLabour",
-                                                   "EnumStockItemTypeMiscellaneous"}
+    assert {g["product_type"] for g in groups} <= {
+        "EnumStockItemTypeStock",
+        "EnumStockItemTypeServiceLabour",
+        "EnumStockItemTypeMiscellaneous",
+    }
     assert {g["costing_method"] for g in groups} == {"FIFO", "Average", "Standard"}
     orders = ok(api.get("/sop_orders", params={"$expand": "lines"}))
     assert {o["document_status"] for o in orders} == STATUS_LITERALS - {"EnumDocumentStatusComplete"}
@@ -144,18 +180,26 @@ def test_enum_literals_and_entity_stamps(api: httpx.Client) -> None:
 def test_holding_quantities_follow_sages_formulas(api: httpx.Client) -> None:
     for h in ok(api.get("/warehouse_holdings")):
         assert h["quantity_in_stock"] == h["confirmed_qty_in_stock"] + h["unconfirmed_qty_in_stock"]
-        assert h["quantity_allocated"] == (h["quantity_allocated_stock"] + h["quantity_allocated_sop"]
-                                           + h["quantity_allocated_bom"])
+        assert h["quantity_allocated"] == (
+            h["quantity_allocated_stock"] + h["quantity_allocated_sop"] + h["quantity_allocated_bom"]
+        )
         assert h["free_stock_available"] == h["quantity_in_stock"] - h["quantity_allocated"]
         assert h["quantity_in_stock_less_reserved"] == h["quantity_in_stock"] - h["quantity_reserved"]
         assert h["free_stock_available_less_reserved"] == h["free_stock_available"] - h["quantity_reserved"]
     # live orders were allocated on entry: allocations per holding equal the live lines' allocations
-    lines = [ln for o in ok(api.get("/sop_orders", params={"$expand": "lines"}))
-             if o["document_status"] == "EnumDocumentStatusLive" for ln in o["lines"]]
+    lines = [
+        ln
+        for o in ok(api.get("/sop_orders", params={"$expand": "lines"}))
+        if o["document_status"] == "EnumDocumentStatusLive"
+        for ln in o["lines"]
+    ]
     holdings = {(h["product_id"], h["warehouse_id"]): h for h in ok(api.get("/warehouse_holdings"))}
-    stock_products = {p["id"] for p in ok(api.get("/products"))
-                      if p["product_group_id"] in {g["id"] for g in ok(api.get("/product_groups"))
-                                                   if g["product_type"] == "EnumStockItemTypeStock"}}
+    stock_products = {
+        p["id"]
+        for p in ok(api.get("/products"))
+        if p["product_group_id"]
+        in {g["id"] for g in ok(api.get("/product_groups")) if g["product_type"] == "EnumStockItemTypeStock"}
+    }
     expected: dict[tuple[int, int], Decimal] = {}
     for ln in lines:
         if ln["product_id"] in stock_products:
@@ -168,14 +212,20 @@ def test_holding_quantities_follow_sages_formulas(api: httpx.Client) -> None:
 
 # --- OData ----------------------------------------------------------------------------------------
 
+
 def many_products_scenario(count: int) -> Scenario:
     demo = Scenario.model_validate(jsonutil.loads(settings.demo_scenario_path().read_bytes()))
     data = demo.model_dump(mode="python")
     template = data["products"][0]
     extra = []
     for i in range(count):
-        p = dict(template, sku=f"BULK-{i:05d}", name=f"Bulk item {i}", barcode=None,
-                 unit_cost=Decimal(i % 50) + Decimal("0.125"))
+        p = dict(
+            template,
+            sku=f"BULK-{i:05d}",
+            name=f"Bulk item {i}",
+            barcode=None,
+            unit_cost=Decimal(i % 50) + Decimal("0.125"),
+        )
         extra.append(p)
     extra[7]["name"] = "Bob's 'quoted' mug"
     data["products"] = data["products"] + extra
@@ -210,7 +260,9 @@ def test_skip_needs_orderby_and_pages_cleanly(many: httpx.Client) -> None:
 
 def test_filter_operators_are_exact(many: httpx.Client) -> None:
     def codes(expr: str, **extra: str) -> set[str]:
-        return {p["code"] for p in ok(many.get("/products", params={"$filter": expr, "$top": "5000", **extra}))}
+        return {
+            p["code"] for p in ok(many.get("/products", params={"$filter": expr, "$top": "5000", **extra}))
+        }
 
     every = ok(many.get("/products", params={"$top": "5000"}))
     cost = {p["code"]: p["standard_cost"] for p in every}
@@ -219,7 +271,8 @@ def test_filter_operators_are_exact(many: httpx.Client) -> None:
     assert codes("standard_cost gt 4.2") == {c for c, v in cost.items() if v > Decimal("4.2")}
     assert codes("standard_cost le 1.125") == {c for c, v in cost.items() if v <= Decimal("1.125")}
     assert codes("standard_cost ne 0.125 and standard_cost lt 2") == {
-        c for c, v in cost.items() if v != Decimal("0.125") and v < 2}
+        c for c, v in cost.items() if v != Decimal("0.125") and v < 2
+    }
     assert codes("(code eq 'MUG-STONE' or code eq 'TISSUE') and not (id eq 0)") == {"MUG-STONE", "TISSUE"}
     assert codes("startswith(code,'TSHIRT')") == {"TSHIRT-BLK-M", "TSHIRT-WHT-L"}
     assert codes("endswith(code, '-M')") == {c for c in cost if c.endswith("-M")}
@@ -245,14 +298,24 @@ def test_filter_on_datetimes_needs_utc(api: httpx.Client, sandbox: Sandbox) -> N
 def test_incremental_reads_by_date_time_updated(api: httpx.Client) -> None:
     newest = max(o["date_time_updated"] for o in ok(api.get("/sop_orders")))
     assert ok(api.get("/sop_orders", params={"$filter": f"date_time_updated gt {newest}"})) == []
-    order = ok(api.get("/sop_orders", params={"$filter": "document_no eq 'SO0001001'", "$expand": "lines"}))[0]
+    order = ok(api.get("/sop_orders", params={"$filter": "document_no eq 'SO0001001'", "$expand": "lines"}))[
+        0
+    ]
     line = order["lines"][0]
-    ok(api.post("/sop_confirm_despatch", content=jsonutil.dumps(
-        {"sop_order_return_id": order["id"], "items": [{"id": line["id"], "quantity": 1}]})))
+    ok(
+        api.post(
+            "/sop_confirm_despatch",
+            content=jsonutil.dumps(
+                {"sop_order_return_id": order["id"], "items": [{"id": line["id"], "quantity": 1}]}
+            ),
+        )
+    )
     changed = ok(api.get("/sop_orders", params={"$filter": f"date_time_updated gt {newest}"}))
     assert [o["document_no"] for o in changed] == ["SO0001001"]
     holdings = ok(api.get("/warehouse_holdings", params={"$filter": f"date_time_updated gt {newest}"}))
-    assert [(h["product_id"], h["warehouse_id"]) for h in holdings] == [(line["product_id"], line["warehouse_id"])]
+    assert [(h["product_id"], h["warehouse_id"]) for h in holdings] == [
+        (line["product_id"], line["warehouse_id"])
+    ]
     moves = ok(api.get("/product_transaction_views", params={"$filter": f"date_time_updated gt {newest}"}))
     assert len(moves) == 1 and moves[0]["reference"] == "SO0001001"
 
@@ -286,13 +349,16 @@ def test_orderby_select_and_expand(api: httpx.Client) -> None:
         ({"$frobnicate": "1"}, "$frobnicate"),
     ],
 )
-def test_bad_queries_get_400_naming_the_problem(api: httpx.Client, params: dict[str, str], named: str) -> None:
+def test_bad_queries_get_400_naming_the_problem(
+    api: httpx.Client, params: dict[str, str], named: str
+) -> None:
     resp = api.get("/products", params=params)
     assert resp.status_code == 400
     assert named in body(resp)["message"]
 
 
 # --- auth -----------------------------------------------------------------------------------------
+
 
 def test_auth_failures_are_401_with_an_empty_body(sandbox: Sandbox) -> None:
     token = get_token(sandbox.sage_url).json()["access_token"]
@@ -318,7 +384,9 @@ def test_refresh_tokens_rotate_and_work_once(sandbox: Sandbox) -> None:
     assert first.status_code == 200, first.text
     again = get_token(sandbox.sage_url, grant_type="refresh_token", refresh_token="sandbox-refresh")
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-    second = get_token(sandbox.sage_url, grant_type="refresh_token", refresh_token=first.json()["refresh_token"])
+    second = get_token(
+        sandbox.sage_url, grant_type="refresh_token", refresh_token=first.json()["refresh_token"]
+    )
     assert second.status_code == 200 and second.json()["refresh_token"] != first.json()["refresh_token"]
     assert second.json()["expires_in"] > 0
     bad_client = get_token(sandbox.sage_url, client_secret="wrong")
@@ -346,23 +414,37 @@ def test_expired_tokens_are_refused(sandbox: Sandbox) -> None:
 
 # --- persistence ----------------------------------------------------------------------------------
 
+
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
     box = start_sandbox(data_dir, with_wms=False)
     try:
         token = get_token(box.sage_url).json()["access_token"]
         with httpx.Client(base_url=box.sage_url + BASE, headers=headers(token)) as api:
-            order = ok(api.get("/sop_orders", params={"$filter": "document_no eq 'SO0001001'",
-                                                      "$expand": "lines"}))[0]
-            ok(api.post("/sop_confirm_despatch", content=jsonutil.dumps({
-                "sop_order_return_id": order["id"],
-                "items": [{"id": ln["id"], "quantity": ln["line_quantity"]} for ln in order["lines"]]})))
+            order = ok(
+                api.get("/sop_orders", params={"$filter": "document_no eq 'SO0001001'", "$expand": "lines"})
+            )[0]
+            ok(
+                api.post(
+                    "/sop_confirm_despatch",
+                    content=jsonutil.dumps(
+                        {
+                            "sop_order_return_id": order["id"],
+                            "items": [
+                                {"id": ln["id"], "quantity": ln["line_quantity"]} for ln in order["lines"]
+                            ],
+                        }
+                    ),
+                )
+            )
             before = ok(api.get("/warehouse_holdings"))
     finally:
         box.stop()
     box = start_sandbox(data_dir, with_wms=False)
     try:
-        with httpx.Client(base_url=box.sage_url + BASE, headers=headers(token)) as api:  # the token survives too
+        with httpx.Client(
+            base_url=box.sage_url + BASE, headers=headers(token)
+        ) as api:  # the token survives too
             after = ok(api.get(f"/sop_orders/{order['id']}"))
             assert after["document_status"] == "EnumDocumentStatusComplete"
             assert ok(api.get("/warehouse_holdings")) == before

@@ -32,8 +32,12 @@ def _derived() -> dict[str, pd.DataFrame]:
     detail, summary = valuation_deltas(parity, f["prices"], policy, f["fifo_layers"])
     alloc = pd.DataFrame(columns=["order_number", "wms_sku", "wms_warehouse_id", "wms_status", "quantity_e5"])
     avail = available_stock(f["wms_stock"], alloc, policy, f["sage_holdings"])
-    return {"stock_parity": parity, "valuation_deltas": detail, "valuation_summary": summary,
-            "available_stock": avail}
+    return {
+        "stock_parity": parity,
+        "valuation_deltas": detail,
+        "valuation_summary": summary,
+        "available_stock": avail,
+    }
 
 
 def test_migrate_is_versioned_and_idempotent(db_url: DbTarget) -> None:
@@ -54,7 +58,7 @@ def test_concurrent_first_migrations_do_not_collide(tmp_path: pytest.TempPathFac
     def run() -> None:
         try:
             Database(url).migrate()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(3)]
@@ -91,14 +95,16 @@ def test_invalid_frame_is_refused_and_nothing_changes(database: Database) -> Non
 
 
 def _wms_raw(n: int, generation: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "wms_sku": [f"SKU{i:06d}" for i in range(n)],
-        "wms_warehouse_id": [1] * n,
-        "level": [Decimal(generation)] * n,
-        "quarantine": [Decimal("0.00001")] * n,
-        "allocated": [Decimal(0)] * n,
-        "snapshot_at": [T0] * n,
-    })
+    return pd.DataFrame(
+        {
+            "wms_sku": [f"SKU{i:06d}" for i in range(n)],
+            "wms_warehouse_id": [1] * n,
+            "level": [Decimal(generation)] * n,
+            "quarantine": [Decimal("0.00001")] * n,
+            "allocated": [Decimal(0)] * n,
+            "snapshot_at": [T0] * n,
+        }
+    )
 
 
 def test_raw_table_exact_decimals_and_failure_mid_write_rolls_back(database: Database) -> None:
@@ -130,7 +136,7 @@ def test_a_reader_never_sees_half_a_table(database: Database, db_url: DbTarget) 
                 with db.read() as conn:
                     rows = conn.execute(sa.select(tables.wms_stock.c.level)).scalars().all()
                 seen.append((len(rows), len(set(rows))))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
         finally:
             db.dispose()
@@ -145,8 +151,14 @@ def test_a_reader_never_sees_half_a_table(database: Database, db_url: DbTarget) 
     assert seen and all(s == (n, 1) for s in seen), [s for s in seen if s != (n, 1)][:5]
 
 
-POSTING = {"order_id": 3, "document_no": "SO0001003", "line_id": 31, "sku": "CANDLE-FIG",
-           "warehouse": "BRISTOL", "quantity": Decimal("12")}
+POSTING = {
+    "order_id": 3,
+    "document_no": "SO0001003",
+    "line_id": 31,
+    "sku": "CANDLE-FIG",
+    "warehouse": "BRISTOL",
+    "quantity": Decimal("12"),
+}
 
 
 def _postings(n: int) -> list[dict]:
@@ -176,7 +188,7 @@ def test_two_workers_never_claim_the_same_row(database: Database, db_url: DbTarg
                 if not rows:
                     return
                 claimed[name] += [r["id"] for r in rows]
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
         finally:
             db.dispose()
@@ -218,10 +230,13 @@ def test_failures_defer_then_stick_with_an_exception(database: Database) -> None
     assert database.outbox_claim("w", now=d.next_attempt_at - timedelta(seconds=1)) == []
     (again,) = database.outbox_claim("w", now=d.next_attempt_at)
     late = T0 + timedelta(minutes=POLICY.lock_deadline_minutes)
-    stuck = database.outbox_fail(again["dedupe_key"], again["claim_token"], "lock", "record in use", POLICY,
-                                 now=late)
+    stuck = database.outbox_fail(
+        again["dedupe_key"], again["claim_token"], "lock", "record in use", POLICY, now=late
+    )
     assert stuck is not None and stuck.state == "stuck"
-    refused = database.outbox_fail(b["dedupe_key"], b["claim_token"], "refused", "order on hold", POLICY, now=T0)
+    refused = database.outbox_fail(
+        b["dedupe_key"], b["claim_token"], "refused", "order on hold", POLICY, now=T0
+    )
     assert refused is not None and refused.state == "stuck"
     exc = {e["record"]: e for e in database.exceptions()}
     assert exc[a["dedupe_key"]]["owner"] == "operations"
@@ -236,7 +251,7 @@ def test_exceptions_keep_first_seen_and_resolve(database: Database) -> None:
     later = T0 + timedelta(hours=3)
     database.record_exception("orphan_despatch", "wms:X:1", {"q": Decimal("2")}, "operations", now=later)
     database.record_exception("orphan_despatch", "wms:Y:1", {}, "operations", now=later)
-    (x, y) = database.exceptions()
+    (x, _y) = database.exceptions()
     assert (x["first_seen"], x["last_seen"], x["context"]) == (T0, later, {"q": Decimal(2)})
     assert database.resolve_exceptions("orphan_despatch", ["wms:Y:1"], now=later) == 1
     assert [e["record"] for e in database.exceptions()] == ["wms:Y:1"]
@@ -253,12 +268,38 @@ def test_cursors_quarantine_and_manifests(database: Database) -> None:
     with database.read() as conn:
         (q,) = conn.execute(sa.select(tables.wms_quarantine)).all()
     assert q.reason == "negative quantity" and '"Quantity": -1' in q.raw
-    order = SageOrder.model_validate({"id": 6, "document_no": "SO0001006", "lines": [
-        {"id": 1, "line_type": "EnumLineTypeStandard", "code": "HOODIE-NVY-M", "product_type": "Stock",
-         "warehouse_name": "LEEDS", "line_quantity": 1, "selling_unit_price": "45"},
-        {"id": 2, "line_type": "EnumLineTypeStandard", "code": "TSHIRT-WHT-L", "product_type": "Stock",
-         "warehouse_name": "BRISTOL", "line_quantity": 1, "selling_unit_price": "18"},
-        {"id": 3, "line_type": "EnumLineTypeCharge", "line_quantity": 1, "selling_unit_price": "4.99"}]})
+    order = SageOrder.model_validate(
+        {
+            "id": 6,
+            "document_no": "SO0001006",
+            "lines": [
+                {
+                    "id": 1,
+                    "line_type": "EnumLineTypeStandard",
+                    "code": "HOODIE-NVY-M",
+                    "product_type": "Stock",
+                    "warehouse_name": "LEEDS",
+                    "line_quantity": 1,
+                    "selling_unit_price": "45",
+                },
+                {
+                    "id": 2,
+                    "line_type": "EnumLineTypeStandard",
+                    "code": "TSHIRT-WHT-L",
+                    "product_type": "Stock",
+                    "warehouse_name": "BRISTOL",
+                    "line_quantity": 1,
+                    "selling_unit_price": "18",
+                },
+                {
+                    "id": 3,
+                    "line_type": "EnumLineTypeCharge",
+                    "line_quantity": 1,
+                    "selling_unit_price": "4.99",
+                },
+            ],
+        }
+    )
     plan = build_manifests(order, POLICY)
     assert database.save_manifest_plan(plan, now=T0) == ["SO0001006", "SO0001006-2"]
     assert database.save_manifest_plan(plan, now=T0) == []

@@ -7,11 +7,14 @@ token is written to disk atomically before it is used for anything.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,18 @@ class TokenStore:
             expires_at=float(raw.get("expires_at") or 0),
         )
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive across processes: two Dagster steps must not both spend the same refresh token."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def save(self, state: TokenState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = jsonutil.dumps(
@@ -101,8 +116,11 @@ def _fsync_dir(directory: Path) -> None:
 class TokenManager:
     """Hands out a valid access token, refreshing it `skew` seconds before it expires.
 
-    Thread safe: concurrent page fetches share one refresh. `invalidate(token)` (after a 401) makes
-    the next `access_token()` refresh, unless another thread already did.
+    Thread safe: concurrent page fetches share one refresh. Process safe through the store: a
+    refresh happens under the store's file lock after re-reading it, so a process whose refresh
+    token another process already rotated adopts the new tokens instead of spending a dead one.
+    `invalidate(token)` (after a 401) makes the next `access_token()` refresh, unless another
+    thread already did.
     """
 
     def __init__(
@@ -125,29 +143,54 @@ class TokenManager:
         self._lock = threading.Lock()
         stored = store.load(client_id) if store else None
         self._state = stored or TokenState(client_id=client_id, refresh_token=bootstrap_refresh_token)
+        self._rejected: str | None = None  # last access token a 401 refused
         self.refresh_count = 0
 
     @property
     def refresh_token(self) -> str:
         return self._state.refresh_token
 
+    def _usable(self, state: TokenState) -> bool:
+        return (
+            state.access_token is not None
+            and state.access_token != self._rejected
+            and time.time() < state.expires_at - self._skew
+        )
+
     def access_token(self) -> str:
         with self._lock:
-            state = self._state
-            if state.access_token and time.time() < state.expires_at - self._skew:
-                return state.access_token
-            return self._grant({"grant_type": "refresh_token", "refresh_token": state.refresh_token})
+            if self._usable(self._state):
+                return self._state.access_token or ""
+            if self._store is None:
+                return self._refresh()
+            with self._store.locked():
+                stored = self._store.load(self._client_id)
+                if stored is not None and stored.refresh_token != self._state.refresh_token:
+                    # another process refreshed since we loaded: ours is spent, its tokens are current
+                    self._state = stored
+                    if self._usable(stored):
+                        return stored.access_token or ""
+                return self._refresh()
 
     def invalidate(self, token: str) -> None:
         with self._lock:
+            self._rejected = token
             if self._state.access_token == token:
                 self._state.access_token = None
                 self._state.expires_at = 0.0
 
     def exchange_code(self, code: str, redirect_uri: str) -> None:
         """First-time setup: swap an authorisation code for tokens and store them."""
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
         with self._lock:
-            self._grant({"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri})
+            if self._store is None:
+                self._grant(form)
+                return
+            with self._store.locked():
+                self._grant(form)
+
+    def _refresh(self) -> str:
+        return self._grant({"grant_type": "refresh_token", "refresh_token": self._state.refresh_token})
 
     def _grant(self, form: dict[str, str]) -> str:
         grant = form["grant_type"]

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -67,17 +67,28 @@ _RETRYABLE = (RecordLockedError, RateLimitedError, UnavailableError)
 
 @dataclass
 class ClientStats:
-    """Counters a caller can put in Dagster metadata (thread safe enough for counters)."""
+    """Counters a caller can put in Dagster metadata."""
 
     requests: int = 0
     retries: int = 0
-    token_refreshes: int = 0
+    token_refreshes: int = 0  # tokens obtained from the token endpoint, by any grant
     by_status: dict[int, int] = field(default_factory=dict)
     sleeps: list[float] = field(default_factory=list)  # backoff waits taken, seconds
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, status: int) -> None:
-        self.requests += 1
-        self.by_status[status] = self.by_status.get(status, 0) + 1
+        with self._lock:  # pages are fetched from several threads
+            self.requests += 1
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def retried(self, sleep: float) -> None:
+        with self._lock:
+            self.retries += 1
+            self.sleeps.append(sleep)
+
+    def refreshed(self, total: int) -> None:
+        with self._lock:
+            self.token_refreshes = max(self.token_refreshes, total)
 
 
 @dataclass(frozen=True)
@@ -312,7 +323,10 @@ class Sage200Client:
 
         def attempt() -> dict[str, Any]:
             state["attempts"] += 1
-            order = self.get(f"sop_orders/{order_id}", {"$expand": "lines"})
+            # one retry budget for the whole read-plan-post unit, so the read is not retried on its own
+            order = self._call("GET", f"sop_orders/{order_id}", params={"$expand": "lines"}, retry=False)
+            if not isinstance(order, dict):
+                raise Sage200Error(f"expected an order object for sop_orders/{order_id}", path="sop_orders")
             state["document_no"] = order.get("document_no")
             plan = _plan_despatch(order, targets)
             if state["first"] is None:
@@ -368,8 +382,7 @@ class Sage200Client:
             return max(delay, float(hint)) if hint is not None else delay
 
         def before_sleep(state: RetryCallState) -> None:
-            self.stats.retries += 1
-            self.stats.sleeps.append(state.upcoming_sleep)
+            self.stats.retried(state.upcoming_sleep)
             exc = state.outcome.exception() if state.outcome else None
             log.warning(
                 "Sage 200 attempt %d failed (%s); retrying in %.2fs",
@@ -399,6 +412,8 @@ class Sage200Client:
         retry: bool = True,
     ) -> Json:
         safe = method in ("GET", "PUT", "DELETE") if idempotent is None else idempotent
+        if company_scoped:
+            self._site()  # resolve X-Site/X-Company first, so its retries do not nest inside this call's
 
         def once() -> Json:
             return self._send(
@@ -442,9 +457,8 @@ class Sage200Client:
         raise AssertionError("unreachable")
 
     def _token(self) -> str:
-        before = self._tokens.refresh_count
         token = self._tokens.access_token()
-        self.stats.token_refreshes += self._tokens.refresh_count - before
+        self.stats.refreshed(self._tokens.refresh_count)
         return token
 
     def _site(self) -> tuple[str, int]:
@@ -511,10 +525,18 @@ class Sage200Client:
         stocktake = self._create_stocktake(warehouse_id, name, list(chosen.values()))
         stocktake_id = int(stocktake["id"])
         sheet = self.post("stocktake_enter_values", {"id": stocktake_id}, retry_unknown=True)
-        for item in sheet.get("stocktake_count_sheet_items") or []:
-            product_id = by_code.get(item.get("item_code"))
-            if product_id is None:
-                continue
+        sheet_items = [
+            i for i in sheet.get("stocktake_count_sheet_items") or [] if i.get("item_code") in by_code
+        ]
+        missing = set(by_code) - {i["item_code"] for i in sheet_items}
+        if missing:
+            raise Sage200Error(
+                f"stocktake {stocktake_id}: Sage's count sheet lacks {sorted(missing)}; "
+                "left open, uncompleted",
+                path="stocktake_enter_values",
+            )
+        for item in sheet_items:
+            product_id = by_code[item["item_code"]]
             count = counts[product_id]
             recorded = Decimal(str(item.get("recorded_quantity_in_stock") or 0))
             actual = count.quantity if count.kind == "counted" else recorded + count.quantity
@@ -740,6 +762,8 @@ def _validate_counts(warehouse_id: int, items: Iterable[StockCount]) -> dict[int
         if not isinstance(item.product_id, int) or isinstance(item.product_id, bool) or item.product_id <= 0:
             raise InvalidRequestError(f"{label}: product_id must be a positive int", path=where)
         label = f"stocktake item product_id={item.product_id}"
+        if isinstance(item.quantity, int) and not isinstance(item.quantity, bool):
+            item = replace(item, quantity=Decimal(item.quantity))  # JSON integers decode as int
         if not isinstance(item.quantity, Decimal) or not item.quantity.is_finite():
             raise InvalidRequestError(
                 f"{label}: quantity must be a finite Decimal, got {item.quantity!r}", path=where
@@ -867,6 +891,8 @@ def _status_error(resp: httpx.Response, method: str, path: str, idempotent: bool
         return RecordLockedError("record in use by another user", record=locked_record(message), **kw)
     if status == 429:
         return RateLimitedError("rate limited", retry_after=_retry_after(resp), **kw)
+    if status == 408:  # the server gave up waiting for the request: nothing was applied
+        return UnavailableError("request timeout", retry_after=_retry_after(resp), **kw)
     if status >= 500:
         if status in _AMBIGUOUS_STATUSES and not idempotent:
             return OutcomeUnknownError(

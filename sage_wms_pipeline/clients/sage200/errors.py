@@ -71,9 +71,18 @@ class BusinessRuleError(Sage200Error):
 class RecordLockedError(Sage200Error):
     """The record is in use by another user (a 400 saying so, or 409/423)."""
 
-    def __init__(self, summary: str, *, record: str | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        summary: str,
+        *,
+        record: str | None = None,
+        status: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        sage_message: str | None = None,
+    ) -> None:
         self.record = record
-        super().__init__(summary, **kwargs)  # type: ignore[arg-type]
+        super().__init__(summary, status=status, method=method, path=path, sage_message=sage_message)
 
     def _render(self) -> str:
         base = super()._render()
@@ -83,18 +92,36 @@ class RecordLockedError(Sage200Error):
 class RateLimitedError(Sage200Error):
     """429: too many requests. `retry_after` is the server's hint in seconds, if it gave one."""
 
-    def __init__(self, summary: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        summary: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        sage_message: str | None = None,
+    ) -> None:
         self.retry_after = retry_after
-        super().__init__(summary, **kwargs)  # type: ignore[arg-type]
+        super().__init__(summary, status=status, method=method, path=path, sage_message=sage_message)
 
 
 class UnavailableError(Sage200Error):
     """5xx, gateway timeout, timeout or connection failure where the request was not applied
     (or is safe to repeat because it only reads)."""
 
-    def __init__(self, summary: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        summary: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        sage_message: str | None = None,
+    ) -> None:
         self.retry_after = retry_after
-        super().__init__(summary, **kwargs)  # type: ignore[arg-type]
+        super().__init__(summary, status=status, method=method, path=path, sage_message=sage_message)
 
 
 class OutcomeUnknownError(Sage200Error):

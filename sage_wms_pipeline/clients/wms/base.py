@@ -468,11 +468,15 @@ class WmsClient(ABC):
 
     @abstractmethod
     def cancel_order(self, order_id: str) -> None:
-        """Cancel an order not yet despatched; WmsValidationError if the WMS refuses."""
+        """Cancel an order not yet despatched (a repeat is a no-op); WmsValidationError if refused."""
 
     @abstractmethod
     def get_order(self, order_id: str) -> WmsOrder:
         """One order as the WMS holds it now; WmsNotFoundError if unknown."""
+
+    @abstractmethod
+    def find_orders(self, order_number: str) -> list[WmsOrder]:
+        """Every WMS order (all split parts) carrying this order number; empty if none."""
 
     @abstractmethod
     def orders_changed_since(self, cursor: str | None) -> Batch[WmsOrder]:

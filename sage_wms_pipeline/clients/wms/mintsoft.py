@@ -335,10 +335,19 @@ class MintsoftClient(WmsClient):
         self.auth_count = 0  # how many keys were fetched; visible for tests and metrics
 
     @classmethod
-    def from_settings(cls, base_url: str, username: str, password: str, **options: Any) -> MintsoftClient:
-        return cls(
-            MintsoftConfig(base_url=base_url, username=username, password=SecretStr(password), **options)
-        )
+    def from_settings(
+        cls,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        **options: Any,
+    ) -> MintsoftClient:
+        """Plain values (e.g. from Dagster EnvVars) in; `options` are any other MintsoftConfig fields."""
+        config = MintsoftConfig(base_url=base_url, username=username, password=SecretStr(password), **options)
+        return cls(config, transport=transport, sleep=sleep)
 
     def close(self) -> None:
         self._http.close()
@@ -368,7 +377,8 @@ class MintsoftClient(WmsClient):
         wait = random.uniform(0, exp)  # "full jitter": spreads retries of many callers
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, WmsRateLimitedError) and exc.retry_after is not None:
-            wait = max(wait, min(exc.retry_after, cfg.backoff_max_seconds))
+            # The server's word beats our guess; the deadline stops us if it asks for too long.
+            wait = max(wait, exc.retry_after)
         return wait
 
     def _with_retries(
@@ -476,8 +486,8 @@ class MintsoftClient(WmsClient):
     def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         return self._json(self._with_retries("GET", path, params=params))
 
-    def _pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, list[Any]]]:
-        """(page number, rows) for each non-empty page; stops at the first empty page."""
+    def _pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[list[Any]]:
+        """The rows of each page in turn; stops at the first empty page (Mintsoft gives no total)."""
         for page in range(1, self.config.max_pages + 1):
             rows = self._get_json(path, {**(params or {}), "PageNo": page, "Limit": self.config.page_size})
             if rows is None:
@@ -486,14 +496,14 @@ class MintsoftClient(WmsClient):
                 raise WmsError(f"GET {path} page {page}: expected a JSON array, got {type(rows).__name__}")
             if not rows:
                 return
-            yield page, rows
+            yield rows
         raise WmsError(f"GET {path}: still not empty after {self.config.max_pages} pages; stopping")
 
     # ------------------------------------------------------------------------ reference data
 
     def _load_catalogue(self) -> dict[str, str]:
         catalogue: dict[str, str] = {}
-        for _, rows in self._pages("/api/Product/List"):
+        for rows in self._pages("/api/Product/List"):
             for row in rows:
                 if isinstance(row, dict) and row.get("SKU") and row.get("ID") is not None:
                     catalogue[str(row["SKU"])] = str(row["ID"])
@@ -624,7 +634,7 @@ class MintsoftClient(WmsClient):
     def _existing_from_refusal(self, m: OrderManifest, exc: WmsValidationError) -> CreatedOrder | None:
         """A duplicate refusal (409, or a 400 saying it exists) for our order number: it is already there."""
         text = str(exc).lower()
-        if exc.status_code != 409 and "exist" not in text and "duplicate" not in text:
+        if exc.status_code != 409 and "already exist" not in text and "duplicate" not in text:
             return None
         matches = self.find_orders(m.order_number)
         if not matches:
@@ -668,7 +678,14 @@ class MintsoftClient(WmsClient):
             raise WmsError(f"GET /api/Order/{order_id}: {exc}") from None
 
     def cancel_order(self, order_id: str) -> None:
-        data = self._json(self._with_retries("POST", f"/api/Order/{order_id}/Cancel"))
+        try:
+            # Mintsoft documents the action as a GET; it is retried like any call.
+            data = self._json(self._with_retries("GET", f"/api/Order/{order_id}/Cancel"))
+        except WmsValidationError:
+            # A repeat, or a retry after a lost response, meets the order already cancelled: done.
+            if self.get_order(order_id).status is OrderStatus.CANCELLED:
+                return
+            raise
         if isinstance(data, dict) and data.get("Success") is False:
             raise WmsValidationError(
                 f"cancel order {order_id}: {data.get('Message') or 'refused'}", body=data
@@ -749,7 +766,7 @@ class MintsoftClient(WmsClient):
         source = "GET /api/Order/List"
         params = {"SinceLastUpdated": jsonutil.iso_z(since) if since else None, "IncludeOrderItems": "true"}
         records, quarantined, refreshed = [], [], [False]
-        for _, rows in self._pages("/api/Order/List", params):
+        for rows in self._pages("/api/Order/List", params):
             for row in rows:
                 try:
                     order = self._order(row, refreshed)
@@ -778,7 +795,7 @@ class MintsoftClient(WmsClient):
         quarantined: list[QuarantinedRecord] = []
         high: datetime | None = None
         refreshed = [False]
-        for _, rows in self._pages("/api/Order/List", params):
+        for rows in self._pages("/api/Order/List", params):
             for row in rows:
                 try:
                     order = self._order(row, refreshed)
@@ -896,7 +913,7 @@ class MintsoftClient(WmsClient):
         records: list[StockPosition] = []
         quarantined: list[QuarantinedRecord] = []
         refreshed = [False]
-        for _, rows in self._pages("/api/Product/StockLevels", {"Breakdown": "true"}):
+        for rows in self._pages("/api/Product/StockLevels", {"Breakdown": "true"}):
             for row in rows:
                 try:
                     records.append(self._position(row, as_of, refreshed))
@@ -952,7 +969,7 @@ class MintsoftClient(WmsClient):
         quarantined: list[QuarantinedRecord] = []
         high = last_id
         refreshed = [False]
-        for _, rows in self._pages("/api/Product/StockFlow", {"SinceId": last_id}):
+        for rows in self._pages("/api/Product/StockFlow", {"SinceId": last_id}):
             for row in rows:
                 try:
                     move = self._movement(row, refreshed)
@@ -1015,7 +1032,7 @@ class MintsoftClient(WmsClient):
         quarantined: list[QuarantinedRecord] = []
         high: datetime | None = None
         refreshed = [False]
-        for _, rows in self._pages("/api/Return/SearchByDate", params):
+        for rows in self._pages("/api/Return/SearchByDate", params):
             for row in rows:
                 try:
                     events, updated = self._return_events(row, refreshed)
@@ -1085,7 +1102,7 @@ class MintsoftClient(WmsClient):
         quarantined: list[QuarantinedRecord] = []
         high: datetime | None = None
         refreshed = [False]
-        for _, rows in self._pages("/api/ASN/List", params):
+        for rows in self._pages("/api/ASN/List", params):
             for row in rows:
                 try:
                     lines, updated = self._receipt_lines(row, refreshed)

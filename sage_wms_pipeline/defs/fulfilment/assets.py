@@ -7,8 +7,7 @@ TARGET cumulative despatched quantity per order line, so a run that died after S
 posting, but before the outbox said so, re-posts nothing when the row is claimed again.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster inspects the `context` annotation at runtime.
 import os
 import socket
 from collections import defaultdict
@@ -31,7 +30,8 @@ from sage_wms_pipeline.clients.sage200.errors import (
     Sage200Error,
     UnavailableError,
 )
-from sage_wms_pipeline.clients.wms.base import ManifestLine, OrderManifest, WmsError, WmsValidationError
+from sage_wms_pipeline.clients.wms.base import ManifestLine, OrderManifest, WmsValidationError
+from sage_wms_pipeline.defs.freshness import freshness_for
 from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import (
     ParityDatabase,
@@ -69,9 +69,11 @@ def live_orders_to_send(db: Database) -> pd.DataFrame:
     o, m, w = store.sage_orders, core.order_manifests, store.wms_orders
     sent = sa.select(m.c.sage_order_id).where(m.c.sent_at.is_not(None))
     in_wms = sa.select(w.c.order_number)
-    query = sa.select(o).where(
-        o.c.document_status == LIVE, o.c.id.not_in(sent), o.c.document_no.not_in(in_wms)
-    ).order_by(o.c.id)
+    query = (
+        sa.select(o)
+        .where(o.c.document_status == LIVE, o.c.id.not_in(sent), o.c.document_no.not_in(in_wms))
+        .order_by(o.c.id)
+    )
     with db.read() as conn:
         result = conn.execute(query)
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
@@ -115,19 +117,24 @@ def wms_manifest(m: Manifest, payload: dict[str, Any]) -> OrderManifest:
         postcode=address.get("postcode") or "",
         country=address.get("country") or "GB",
         email=address.get("email") or None,
-        lines=tuple(ManifestLine(sku=line.wms_sku, quantity=line.quantity, unit_price=line.unit_price)
-                    for line in m.lines),
+        lines=tuple(
+            ManifestLine(sku=line.wms_sku, quantity=line.quantity, unit_price=line.unit_price)
+            for line in m.lines
+        ),
     )
 
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("order_manifests"),
     kinds={"mintsoft", "python"},
     deps=["sage_sales_orders", "sage_products", "wms_orders"],
     description="Live Sage orders not yet in the WMS become WMS orders: stock lines only, one per "
     "warehouse node; other lines recorded as excluded so manifest + excluded = Sage total. Idempotent.",
 )
-def order_manifests(wms: WmsResource, parity_db: ParityDatabase, policy: PolicyResource) -> dg.MaterializeResult:
+def order_manifests(
+    wms: WmsResource, parity_db: ParityDatabase, policy: PolicyResource
+) -> dg.MaterializeResult:
     pol = policy.load()
     db = parity_db.database()
     products = store.read_frame(db.engine, core.sage_products)
@@ -135,8 +142,11 @@ def order_manifests(wms: WmsResource, parity_db: ParityDatabase, policy: PolicyR
         raise dg.Failure("order_manifests: sage_products is empty; materialize sage_products first")
     product_types = dict(zip(products["sku"], products["product_type"], strict=True))
     orders = live_orders_to_send(db)
-    lines = store.read_frame(db.engine, store.sage_order_lines,
-                             store.sage_order_lines.c.order_id.in_(orders["id"].tolist()) if len(orders) else sa.false())
+    lines = store.read_frame(
+        db.engine,
+        store.sage_order_lines,
+        store.sage_order_lines.c.order_id.in_(orders["id"].tolist()) if len(orders) else sa.false(),
+    )
     lines_by_order = {k: g.sort_values("id") for k, g in lines.groupby("order_id")} if len(lines) else {}
     created, existing, refused, excluded = [], [], [], 0
     failing: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -145,7 +155,10 @@ def order_manifests(wms: WmsResource, parity_db: ParityDatabase, policy: PolicyR
             doc = header["document_no"]
             try:
                 plan = build_manifests(
-                    sage_order_model(header, lines_by_order.get(header["id"], lines.iloc[0:0]), product_types), pol
+                    sage_order_model(
+                        header, lines_by_order.get(header["id"], lines.iloc[0:0]), product_types
+                    ),
+                    pol,
                 )
             except (ManifestError, ValueError) as exc:
                 failing[doc] = ("manifest_refused", {"order": doc, "error": str(exc)})
@@ -158,7 +171,10 @@ def order_manifests(wms: WmsResource, parity_db: ParityDatabase, policy: PolicyR
                     result = client.create_order(wms_manifest(m, payload))
                 except WmsValidationError as exc:
                     kind = "unknown_sku" if "sku" in str(exc).lower() else "manifest_refused"
-                    failing[m.order_number] = (kind, {"order": doc, "manifest": m.order_number, "error": str(exc)})
+                    failing[m.order_number] = (
+                        kind,
+                        {"order": doc, "manifest": m.order_number, "error": str(exc)},
+                    )
                     refused.append(m.order_number)
                     continue
                 db.mark_manifest_sent(m.order_number, int(result.order_id))
@@ -168,18 +184,27 @@ def order_manifests(wms: WmsResource, parity_db: ParityDatabase, policy: PolicyR
     for kind in ("manifest_refused", "unknown_sku"):
         db.resolve_exceptions(kind, [r for r, (k, _) in failing.items() if k == kind])
     with db.read() as conn:
-        sent_total = conn.execute(sa.select(sa.func.count()).select_from(core.order_manifests).where(
-            core.order_manifests.c.sent_at.is_not(None))).scalar() or 0
-    return dg.MaterializeResult(metadata={
-        "orders_considered": len(orders),
-        "manifests_created": len(created),
-        "manifests_already_in_wms": len(existing),
-        "manifests_refused": len(refused) + sum(1 for k, _ in failing.values() if k == "manifest_refused"),
-        "excluded_lines": excluded,
-        "manifests_sent_total": int(sent_total),
-        "created": dg.MetadataValue.text(", ".join(created[:50])),
-        **policy_metadata(pol),
-    })
+        sent_total = (
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(core.order_manifests)
+                .where(core.order_manifests.c.sent_at.is_not(None))
+            ).scalar()
+            or 0
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "orders_considered": len(orders),
+            "manifests_created": len(created),
+            "manifests_already_in_wms": len(existing),
+            "manifests_refused": len(refused)
+            + sum(1 for k, _ in failing.values() if k == "manifest_refused"),
+            "excluded_lines": excluded,
+            "manifests_sent_total": int(sent_total),
+            "created": dg.MetadataValue.text(", ".join(created[:50])),
+            **policy_metadata(pol),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- despatch postings
@@ -190,9 +215,15 @@ def wms_lines_at_trigger(db: Database, policy: Policy) -> list[dp.WmsDespatchLin
     if policy.fulfilment_trigger == "despatch":
         frame = store.read_frame(db.engine, core.wms_despatches)
         return [
-            dp.WmsDespatchLine(order_number=r.order_number, line_ref=r.line_ref, wms_sku=r.wms_sku,
-                               wms_warehouse_id=int(r.wms_warehouse_id), quantity=Decimal(r.quantity),
-                               status=r.status, event_at=_utc(r.event_at))
+            dp.WmsDespatchLine(
+                order_number=r.order_number,
+                line_ref=r.line_ref,
+                wms_sku=r.wms_sku,
+                wms_warehouse_id=int(r.wms_warehouse_id),
+                quantity=Decimal(r.quantity),
+                status=r.status,
+                event_at=_utc(r.event_at),
+            )
             for r in frame.itertuples()
         ]
     o, lt = store.wms_orders, store.wms_order_lines
@@ -200,10 +231,15 @@ def wms_lines_at_trigger(db: Database, policy: Policy) -> list[dp.WmsDespatchLin
     with db.read() as conn:
         rows = conn.execute(query).all()
     return [
-        dp.WmsDespatchLine(order_number=r.order_number, line_ref=f"{r.order_id}:order:{r.line_no}",
-                           wms_sku=r.wms_sku, wms_warehouse_id=int(r.wms_warehouse_id or 0),
-                           quantity=Decimal(r.quantity) - Decimal(r.back_ordered), status=r.raw_status.upper(),
-                           event_at=_utc(r.updated_at))
+        dp.WmsDespatchLine(
+            order_number=r.order_number,
+            line_ref=f"{r.order_id}:order:{r.line_no}",
+            wms_sku=r.wms_sku,
+            wms_warehouse_id=int(r.wms_warehouse_id or 0),
+            quantity=Decimal(r.quantity) - Decimal(r.back_ordered),
+            status=r.raw_status.upper(),
+            event_at=_utc(r.updated_at),
+        )
         for r in rows
         if Decimal(r.quantity) - Decimal(r.back_ordered) > 0
     ]
@@ -228,9 +264,15 @@ def open_sage_lines(db: Database, documents: Iterable[str]) -> list[dp.SageOpenL
     with db.read() as conn:
         rows = conn.execute(query).all()
     return [
-        dp.SageOpenLine(document_no=r.document_no, order_id=int(r.order_id), line_id=int(r.id), sku=r.code,
-                        warehouse=r.warehouse or "", document_status=r.document_status,
-                        outstanding=Decimal(r.line_quantity) - Decimal(r.despatch_receipt_quantity))
+        dp.SageOpenLine(
+            document_no=r.document_no,
+            order_id=int(r.order_id),
+            line_id=int(r.id),
+            sku=r.code,
+            warehouse=r.warehouse or "",
+            document_status=r.document_status,
+            outstanding=Decimal(r.line_quantity) - Decimal(r.despatch_receipt_quantity),
+        )
         for r in rows
     ]
 
@@ -243,12 +285,24 @@ def enqueue_postings(db: Database, policy: Policy) -> tuple[int, list[dp.Orphan]
     docs = {line.order_number for line in new} | {line.order_number.rpartition("-")[0] for line in new}
     plan = dp.plan_postings(new, open_sage_lines(db, docs - {""}), policy, known_keys=known)
     added = db.outbox_add(
-        {"dedupe_key": p.dedupe_key, "order_id": p.order_id, "document_no": p.document_no, "line_id": p.line_id,
-         "sku": p.sku, "warehouse": p.warehouse, "quantity": p.quantity,
-         "source": {"dedupe_key": p.source.dedupe_key, "order_number": p.source.order_number,
-                    "line_ref": p.source.line_ref, "wms_sku": p.source.wms_sku,
-                    "wms_warehouse_id": p.source.wms_warehouse_id, "quantity": p.source.quantity,
-                    "event_at": p.source.event_at}}
+        {
+            "dedupe_key": p.dedupe_key,
+            "order_id": p.order_id,
+            "document_no": p.document_no,
+            "line_id": p.line_id,
+            "sku": p.sku,
+            "warehouse": p.warehouse,
+            "quantity": p.quantity,
+            "source": {
+                "dedupe_key": p.source.dedupe_key,
+                "order_number": p.source.order_number,
+                "line_ref": p.source.line_ref,
+                "wms_sku": p.source.wms_sku,
+                "wms_warehouse_id": p.source.wms_warehouse_id,
+                "quantity": p.source.quantity,
+                "event_at": p.source.event_at,
+            },
+        }
         for p in plan.postings
     )
     return len(added), plan.orphans
@@ -263,7 +317,11 @@ def _failure_kind(exc: Exception) -> str:
 
 
 def post_order(
-    client: Sage200Client, db: Database, policy: Policy, order_id: int, claimed: list[dict[str, Any]],
+    client: Sage200Client,
+    db: Database,
+    policy: Policy,
+    order_id: int,
+    claimed: list[dict[str, Any]],
     log: Any,
 ) -> tuple[str, dict[str, Any] | None]:
     """One confirm_despatch for an order: each line's target is the sum of every outbox row of that
@@ -271,8 +329,10 @@ def post_order(
     line_ids = sorted({int(r["line_id"]) for r in claimed})
     out = core.despatch_outbox
     with db.read() as conn:
-        rows = [r._asdict() for r in conn.execute(
-            sa.select(out).where(out.c.line_id.in_(line_ids), out.c.state != "stuck"))]
+        rows = [
+            r._asdict()
+            for r in conn.execute(sa.select(out).where(out.c.line_id.in_(line_ids), out.c.state != "stuck"))
+        ]
     targets: dict[int, Decimal] = defaultdict(Decimal)
     for r in rows:
         targets[int(r["line_id"])] += Decimal(r["quantity"])
@@ -280,7 +340,13 @@ def post_order(
     when = max((_utc(e) for e in events if e), default=None)
     try:
         result = client.confirm_despatch(order_id, sorted(targets.items()), despatch_date=when)
-    except (RecordLockedError, BusinessRuleError, OutcomeUnknownError, UnavailableError, RateLimitedError) as exc:
+    except (
+        RecordLockedError,
+        BusinessRuleError,
+        OutcomeUnknownError,
+        UnavailableError,
+        RateLimitedError,
+    ) as exc:
         kind = _failure_kind(exc)
         for r in claimed:
             db.outbox_fail(r["dedupe_key"], r["claim_token"], kind, str(exc), policy)  # type: ignore[arg-type]
@@ -290,31 +356,49 @@ def post_order(
     for r in rows:
         db.outbox_mark_posted(r["dedupe_key"])
     if result.get("over_target"):
-        db.record_exception("despatch_over_target", claimed[0]["document_no"],
-                            {"order": claimed[0]["document_no"], "lines": result["over_target"]}, "finance")
+        db.record_exception(
+            "despatch_over_target",
+            claimed[0]["document_no"],
+            {"order": claimed[0]["document_no"], "lines": result["over_target"]},
+            "finance",
+        )
     return "posted", result
 
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("despatch_postings"),
     kinds={"sage200", "python"},
     pool="sage_writes",
     deps=["wms_despatches", "wms_orders", "sage_sales_orders"],
-    description="WMS despatches at the policy's trigger become sop_confirm_despatch calls through the outbox: "
-    "nothing lost when a run dies, nothing posted twice when it reruns. Locked orders are deferred and "
+    description="WMS despatches at the policy's trigger become sop_confirm_despatch calls through the "
+    "outbox: nothing lost when a run dies, nothing posted twice when it reruns. Locked orders are deferred "
+    "and "
     "retried; locked past the deadline or refused by Sage they become stuck sync exceptions.",
 )
 def despatch_postings(
-    context: dg.AssetExecutionContext, sage: Sage200Resource, parity_db: ParityDatabase, policy: PolicyResource
+    context: dg.AssetExecutionContext,
+    sage: Sage200Resource,
+    parity_db: ParityDatabase,
+    policy: PolicyResource,
 ) -> dg.MaterializeResult:
     pol = policy.load()
     db = parity_db.database()
     added, orphans = enqueue_postings(db, pol)
     for orphan in orphans:
-        db.record_exception("orphaned_shipment", orphan.source.dedupe_key, {
-            "order_number": orphan.source.order_number, "wms_sku": orphan.source.wms_sku,
-            "wms_warehouse_id": orphan.source.wms_warehouse_id, "quantity": orphan.source.quantity,
-            "unposted_quantity": orphan.quantity, "reason": orphan.reason}, "operations")
+        db.record_exception(
+            "orphaned_shipment",
+            orphan.source.dedupe_key,
+            {
+                "order_number": orphan.source.order_number,
+                "wms_sku": orphan.source.wms_sku,
+                "wms_warehouse_id": orphan.source.wms_warehouse_id,
+                "quantity": orphan.source.quantity,
+                "unposted_quantity": orphan.quantity,
+                "reason": orphan.reason,
+            },
+            "operations",
+        )
     db.resolve_exceptions("orphaned_shipment", [o.source.dedupe_key for o in orphans])
     worker = f"{socket.gethostname()}:{os.getpid()}:{context.run_id[:8]}"
     lease = pd.Timedelta(seconds=pol.outbox.lease_seconds).to_pytimedelta()
@@ -341,24 +425,278 @@ def despatch_postings(
                 outcomes[outcome] += len(rows)
                 if outcome == "posted":
                     now = store.now_utc()
-                    latencies += [(now - _utc(jsonutil.loads(r["source"])["event_at"])).total_seconds()
-                                  for r in rows if jsonutil.loads(r["source"]).get("event_at")]
+                    latencies += [
+                        (now - _utc(jsonutil.loads(r["source"])["event_at"])).total_seconds()
+                        for r in rows
+                        if jsonutil.loads(r["source"]).get("event_at")
+                    ]
     counts = defaultdict(int)
     for r in db.outbox_rows():
         counts[r["state"]] += 1
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else 0.0
     p50 = latencies[len(latencies) // 2] if latencies else 0.0
-    return dg.MaterializeResult(metadata={
-        "outbox_added": added,
-        "orphans": len(orphans),
-        "posted_this_run": outcomes["posted"],
-        "deferred_this_run": outcomes["lock"] + outcomes["transient"],
-        "refused_this_run": outcomes["refused"],
-        **{f"outbox/{s}": counts.get(s, 0) for s in ("pending", "posting", "posted", "deferred", "stuck")},
-        "stuck_records": counts.get("stuck", 0),
-        "despatch_latency_p50_seconds": round(p50, 1),
-        "despatch_latency_p95_seconds": round(p95, 1),
-        "policy/fulfilment_trigger": pol.fulfilment_trigger,
-        "policy/lock_deadline_minutes": pol.lock_deadline_minutes,
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "outbox_added": added,
+            "orphans": len(orphans),
+            "posted_this_run": outcomes["posted"],
+            "deferred_this_run": outcomes["lock"] + outcomes["transient"],
+            "refused_this_run": outcomes["refused"],
+            **{
+                f"outbox/{s}": counts.get(s, 0) for s in ("pending", "posting", "posted", "deferred", "stuck")
+            },
+            "stuck_records": counts.get("stuck", 0),
+            "despatch_latency_p50_seconds": round(p50, 1),
+            "despatch_latency_p95_seconds": round(p95, 1),
+            "policy/fulfilment_trigger": pol.fulfilment_trigger,
+            "policy/lock_deadline_minutes": pol.lock_deadline_minutes,
+        }
+    )
+
+
+# ------------------------------------------------------------------------------ stock adjustments
+
+ADJUSTING_MOVEMENTS = ("SCRAP", "ADJUSTMENT_IN", "ADJUSTMENT_OUT")
+
+
+def _unit_cost(product: dict[str, Any] | None) -> Decimal:
+    if product is None:
+        return Decimal(0)
+    if product["costing_method"] == "Standard":
+        return Decimal(product["standard_cost"])
+    return Decimal(product["average_buying_price"])  # Average; FIFO at its average as an estimate
+
+
+def _sage_keys(
+    policy: Policy, wms_sku: str, wms_warehouse_id: int, qty: Decimal
+) -> tuple[str, str, Decimal] | None:
+    sku = policy.sku_for_wms(wms_sku)
+    if sku is None:
+        return None
+    try:
+        warehouse = policy.sage_warehouse(int(wms_warehouse_id))
+    except KeyError:
+        return None
+    sage_qty = dp.to_sage_quantity(qty, sku.wms_units_per_sage_unit)
+    return None if sage_qty is None else (sku.sage_code, warehouse, sage_qty)
+
+
+def adjustment_candidates(db: Database, policy: Policy) -> tuple[list[dict[str, Any]], list[str]]:
+    """New adjustments from WMS receipts not in Sage, restocked returns and write-offs/count corrections."""
+    products = {r["sku"]: r for r in store.read_frame(db.engine, core.sage_products).to_dict("records")}
+    goods_in = store.read_frame(db.engine, store.sage_goods_in)
+    in_sage = set(zip(goods_in["reference"], goods_in["sku"], goods_in["warehouse"], strict=True))
+    existing = store.read_frame(db.engine, store.stock_adjustments)
+    # Receipts are keyed "<base>#<n>": a receipt booked in bit by bit adds one row per increment.
+    done: dict[str, Decimal] = defaultdict(Decimal)
+    parts: dict[str, int] = defaultdict(int)
+    for r in existing.itertuples():
+        base = r.key.rsplit("#", 1)[0]
+        done[base] += Decimal(r.quantity)
+        parts[base] += 1
+    now = store.now_utc()
+    out: list[dict[str, Any]] = []
+    unmapped: list[str] = []
+
+    def add(
+        source: str,
+        base_key: str,
+        reference: str | None,
+        wms_sku: str,
+        wh: int,
+        qty: Decimal,
+        occurred: Any,
+        cumulative: bool = False,
+    ) -> None:
+        keys = _sage_keys(policy, wms_sku, wh, qty)
+        if keys is None:
+            unmapped.append(base_key)
+            return
+        sku, warehouse, sage_qty = keys
+        if cumulative:  # only the part not yet adjusted
+            sage_qty -= done[base_key]
+            if sage_qty == 0:
+                return
+            key = f"{base_key}#{parts[base_key]}"
+            parts[base_key] += 1
+        elif base_key in done:
+            return
+        else:
+            key = base_key
+        product = products.get(sku)
+        cost = _unit_cost(product)
+        stock_code = product["stock_nominal_code"] if product else ""
+        other = {
+            "receipt": "GRNI accrual",
+            "return": "cost of sales",
+            "movement": "stock write-off / variance",
+        }
+        dr, cr = (stock_code, other[source]) if sage_qty > 0 else (other[source], stock_code)
+        route = (
+            "sage_decides"
+            if source == "return" and policy.restock.authority == "sage"
+            else policy.restock.adjustments_route
+        )
+        out.append(
+            {
+                "key": key,
+                "source": source,
+                "reference": (reference or "")[:100] or None,
+                "sku": sku,
+                "warehouse": warehouse,
+                "quantity": sage_qty,
+                "unit_cost": cost,
+                "value": (sage_qty * cost).quantize(Decimal("0.01")),
+                "debit_nominal": dr,
+                "credit_nominal": cr,
+                "route": route,
+                "state": "proposed" if route != "stocktake" else "pending",
+                "detail": None,
+                "occurred_at": _utc(occurred),
+                "created_at": now,
+                "posted_at": None,
+            }
+        )
+
+    for r in store.read_frame(db.engine, store.wms_receipts).itertuples():
+        if Decimal(r.quantity_booked) <= 0:
+            continue
+        sage = _sage_keys(policy, r.wms_sku, r.wms_warehouse_id, Decimal(r.quantity_booked))
+        if sage is not None and (r.reference, sage[0], sage[1]) in in_sage:
+            continue  # Sage booked it in itself (POP receipt with the same reference)
+        add(
+            "receipt",
+            f"receipt:{r.asn_id}:{r.wms_sku}:{r.wms_warehouse_id}",
+            r.reference,
+            r.wms_sku,
+            r.wms_warehouse_id,
+            Decimal(r.quantity_booked),
+            r.updated_at,
+            cumulative=True,
+        )
+    for r in store.read_frame(db.engine, store.wms_returns).itertuples():
+        if r.disposition == "RESTOCK" and r.wms_warehouse_id is not None and not pd.isna(r.wms_warehouse_id):
+            add(
+                "return",
+                f"return:{r.dedupe_key}",
+                r.order_number,
+                r.wms_sku,
+                int(r.wms_warehouse_id),
+                Decimal(r.quantity),
+                r.returned_at,
+            )
+    moves = store.read_frame(
+        db.engine, store.wms_stock_movements, store.wms_stock_movements.c.kind.in_(ADJUSTING_MOVEMENTS)
+    )
+    for r in moves.itertuples():
+        if Decimal(r.quantity) != 0:
+            add(
+                "movement",
+                f"movement:{r.dedupe_key}",
+                r.reason,
+                r.wms_sku,
+                int(r.wms_warehouse_id),
+                Decimal(r.quantity),
+                r.occurred_at,
+            )
+    return out, unmapped
+
+
+def post_stocktakes(client: Sage200Client, db: Database, log: Any) -> tuple[int, int]:
+    """Pending adjustments -> one Sage stocktake per warehouse (deltas). Rows are marked 'posting'
+    first: a run that dies mid-stocktake leaves them for a person (never posted twice)."""
+    t = store.stock_adjustments
+    with db.write() as conn:
+        conn.execute(
+            t.update()
+            .where(t.c.state == "posting")
+            .values(
+                state="needs_review",
+                detail="a run died while posting this stocktake; check Sage before retrying",
+            )
+        )
+        pending = [
+            r._asdict() for r in conn.execute(sa.select(t).where(t.c.state.in_(("pending", "failed"))))
+        ]
+        keys = [r["key"] for r in pending]
+        if keys:
+            conn.execute(t.update().where(t.c.key.in_(keys)).values(state="posting"))
+    if not pending:
+        return 0, 0
+    product_ids = {p["code"]: int(p["id"]) for p in client.list("products", select="id,code")}
+    warehouse_ids = {w["name"]: int(w["id"]) for w in client.list("warehouses", select="id,name")}
+    posted = failed = 0
+    by_wh: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in pending:
+        by_wh[r["warehouse"]].append(r)
+    for warehouse, rows in sorted(by_wh.items()):
+        deltas: dict[int, Decimal] = defaultdict(Decimal)
+        for r in rows:
+            deltas[product_ids[r["sku"]]] += Decimal(r["quantity"])
+        items = [StockCount(product_id=pid, quantity=q, kind="delta") for pid, q in deltas.items() if q != 0]
+        try:
+            result = client.adjust_stock_via_stocktake(
+                warehouse_ids[warehouse], items, narrative="WMS adjustments (sage-wms-pipeline)"
+            )
+            state, detail, when = "posted", f"stocktake {result.stocktake_name}", store.now_utc()
+            posted += len(rows)
+        except (Sage200Error, KeyError, NotImplementedError) as exc:
+            state, detail, when = "failed", f"{type(exc).__name__}: {exc}"[:1000], None
+            failed += len(rows)
+            log.warning(f"stocktake for {warehouse} failed: {exc}")
+        with db.write() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.key.in_([r["key"] for r in rows]))
+                .values(state=state, detail=detail, posted_at=when)
+            )
+    return posted, failed
+
+
+@dg.asset(
+    group_name=GROUP,
+    freshness_policy=freshness_for("stock_adjustments"),
+    kinds={"sage200", "python"},
+    pool="sage_writes",
+    deps=["wms_receipts", "wms_returns", "wms_stock_movements", "sage_products"],
+    description="WMS receipts not in Sage, restocked returns, write-offs and count corrections become Sage "
+    "stocktake adjustments or proposed adjustments with nominal codes, per the restock authority.",
+)
+def stock_adjustments(
+    context: dg.AssetExecutionContext,
+    sage: Sage200Resource,
+    parity_db: ParityDatabase,
+    policy: PolicyResource,
+) -> dg.MaterializeResult:
+    pol = policy.load()
+    db = parity_db.database()
+    rows, unmapped = adjustment_candidates(db, pol)
+    with db.write() as conn:
+        added = store.insert_if_absent(conn, store.stock_adjustments, rows)
+    posted = failed = 0
+    if pol.restock.adjustments_route == "stocktake":
+        with sage.client() as client:
+            posted, failed = post_stocktakes(client, db, context.log)
+    for key in unmapped:
+        db.record_exception(
+            "unknown_sku",
+            key,
+            {"source": key, "reason": "no Sage mapping for the WMS SKU or warehouse"},
+            "operations",
+        )
+    table = store.read_frame(db.engine, store.stock_adjustments)
+    proposed = table[table["state"] == "proposed"]
+    value = sum(proposed["value"], Decimal(0)) if len(proposed) else Decimal(0)
+    return dg.MaterializeResult(
+        metadata={
+            "adjustments_added": added,
+            "posted_this_run": posted,
+            "failed_this_run": failed,
+            "proposed_open": len(proposed),
+            "proposed_value_gbp": dg.MetadataValue.text(f"£{value}"),
+            "unmapped": len(unmapped),
+            **{f"state/{k}": int(v) for k, v in table["state"].value_counts().items()},
+            **policy_metadata(pol),
+        }
+    )

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.clients.sage200.client import Sage200Client
 from sage_wms_pipeline.clients.sage200.errors import NotFoundError
+from sage_wms_pipeline.defs.freshness import freshness_for
 from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, Sage200Resource
 from sage_wms_pipeline.storage import tables as core
@@ -161,6 +162,7 @@ def warehouse_names(client: Sage200Client) -> dict[int, str]:
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("sage_products"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="Sage products with their group's type, costing method, stock nominal code and valuation "
@@ -206,6 +208,7 @@ def sage_products(sage: Sage200Resource, parity_db: ParityDatabase) -> dg.Materi
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("sage_warehouse_holdings"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="Sage warehouse holdings per product and warehouse (full read): confirmed, unconfirmed, "
@@ -252,6 +255,7 @@ def sage_warehouse_holdings(sage: Sage200Resource, parity_db: ParityDatabase) ->
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("sage_sales_orders"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="Sage sales orders with their lines, read incrementally by date_time_updated and upserted.",
@@ -296,6 +300,7 @@ def sage_sales_orders(sage: Sage200Resource, parity_db: ParityDatabase) -> dg.Ma
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("sage_despatches"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     deps=["despatch_postings"],

@@ -25,6 +25,7 @@ from sage_wms_pipeline.clients.wms.base import (
     fold_orders,
     status_accepts,
 )
+from sage_wms_pipeline.defs.freshness import freshness_for
 from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, WmsResource
 from sage_wms_pipeline.storage import tables as core
@@ -135,6 +136,7 @@ def apply_orders(conn: sa.Connection, orders: Sequence[WmsOrder]) -> list[WmsOrd
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("wms_orders"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="WMS orders changed since the cursor, applied monotonically (never moved backwards).",
@@ -199,6 +201,7 @@ def despatch_rows(events: Sequence[DespatchEvent]) -> tuple[list[dict[str, Any]]
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("wms_despatches"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="WMS despatch events (one row per despatched line), deduplicated by key.",
@@ -224,6 +227,7 @@ def wms_despatches(wms: WmsResource, parity_db: ParityDatabase) -> dg.Materializ
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("wms_stock_levels"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="WMS stock per SKU and warehouse (full snapshot): physical level excluding quarantine, "
@@ -270,6 +274,7 @@ def wms_stock_levels(wms: WmsResource, parity_db: ParityDatabase) -> dg.Material
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("wms_stock_movements"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="WMS stock ledger (receipts, write-offs, count corrections, quarantine moves...) "
@@ -319,6 +324,7 @@ def wms_stock_movements(wms: WmsResource, parity_db: ParityDatabase) -> dg.Mater
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("wms_returns"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="WMS returns, one row per returned line with its grading (restock, quarantine, scrap).",
@@ -355,6 +361,7 @@ def wms_returns(wms: WmsResource, parity_db: ParityDatabase) -> dg.MaterializeRe
 
 @dg.asset(
     group_name=GROUP,
+    freshness_policy=freshness_for("wms_receipts"),
     kinds=KINDS,
     retry_policy=INGEST_RETRY,
     description="WMS goods-in (ASN lines) with quantities booked in, latest state per line.",

@@ -69,6 +69,9 @@ def step_failure_items(context: dg.RunFailureSensorContext) -> list[AlertItem]:
     items = []
     for event in context.get_step_failure_events():
         error = getattr(event.event_specific_data, "error", None)
+        # Dagster wraps the user's exception; its own message is the innermost cause.
+        while error is not None and getattr(error, "cause", None) is not None:
+            error = error.cause
         message = (error.message if error is not None else event.message or "step failed").strip()
         items.append(
             AlertItem(name=f"step {event.step_key}", detail=message[:MAX_ERROR_CHARS], level="FAILURE")

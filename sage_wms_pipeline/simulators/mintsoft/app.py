@@ -28,6 +28,7 @@ from sage_wms_pipeline.simulators.mintsoft.schemas import (
     AuthIn,
     ClockIn,
     FaultsIn,
+    OnHandIn,
     OrderIn,
     QuantityLine,
     ReturnItemIn,
@@ -37,6 +38,7 @@ from sage_wms_pipeline.simulators.mintsoft.schemas import (
 from sage_wms_pipeline.simulators.mintsoft.sim import Simulator, demo_scenario
 from sage_wms_pipeline.simulators.mintsoft.warehouse import (
     ASN_OPEN,
+    CANCELLED,
     RETURN_REASONS,
     STATUS_NAME,
     STATUSES,
@@ -584,6 +586,10 @@ def create_app(data_dir: Path) -> FastAPI:
     @api.api_route("/Order/{order_id:int}/Cancel", methods=["GET", "POST"])
     async def cancel_order(order_id: int) -> Any:
         with sim.tx() as tx:
+            if tx.order(order_id)["status_id"] == CANCELLED:  # a repeat: nothing to do, say so
+                return out(
+                    {**action_result(order_id, "Order cancelled"), "WarningMessage": "already cancelled"}
+                )
             tx.cancel(order_id)
         return out(action_result(order_id, "Order cancelled"))
 
@@ -788,6 +794,35 @@ def create_app(data_dir: Path) -> FastAPI:
                 "WarningMessage": None,
             }
         )
+
+    @api.post("/Product/BulkOnHandStockUpdate")
+    async def bulk_on_hand(request: Request) -> Any:
+        rows = await list_body_of(request, OnHandIn)
+        changed = 0
+        with sim.tx() as tx:
+            for i, r in enumerate(rows):
+                where = f"[{i}]"
+                pid = resolve_product(tx, r.SKU, r.ProductId, where)
+                if not tx.warehouse_exists(r.WarehouseId):
+                    raise bad(f"{where}.WarehouseId: unknown warehouse {r.WarehouseId}")
+                target = whole(r.Quantity, f"{where}.Quantity", positive=False)
+                if target < 0:
+                    raise bad(f"{where}.Quantity: must not be negative, got {target}")
+                delta = target - tx.stock_row(pid, r.WarehouseId)["level"]
+                if delta:
+                    try:
+                        tx.move(
+                            pid,
+                            r.WarehouseId,
+                            "CountCorrection",
+                            "On-hand level set by stock count",
+                            quantity=abs(delta),
+                            level=delta,
+                        )
+                    except SimError as exc:
+                        raise bad(f"{where}.Quantity: {exc.message}") from None
+                    changed += 1
+        return out({"Success": True, "Message": f"{changed} stock level(s) changed", "WarningMessage": None})
 
     def flows(
         request: Request,
@@ -1021,6 +1056,14 @@ def create_app(data_dir: Path) -> FastAPI:
             if row is None:
                 raise SimError(404, f"Return {return_id} not found")
             return out(return_json(tx, dict(row)))
+
+    @api.get("/Return/{return_id:int}/Items")
+    async def get_return_items(return_id: int) -> Any:
+        with sim.tx() as tx:
+            row = tx.conn.execute(select(db.returns).where(db.returns.c.id == return_id)).mappings().first()
+            if row is None:
+                raise SimError(404, f"Return {return_id} not found")
+            return out(return_json(tx, dict(row))["Items"])
 
     app.include_router(api)
 

@@ -143,7 +143,9 @@ def load_scenario(conn: Connection, sc: Scenario, now_ms: int | None = None) -> 
                 "product_id": pids[line.sku],
                 "warehouse_id": warehouse(line.warehouse or "", f"{where}.lines[{j}].warehouse"),
                 "quantity": qty,
-                "unit_price": line.unit_price if n == 1 else (line.unit_price / n).quantize(Decimal("0.0001")),
+                "unit_price": line.unit_price
+                if n == 1
+                else (line.unit_price / n).quantize(Decimal("0.0001")),
             }
             lines.append((j, item, done))
         if not lines:
@@ -187,15 +189,21 @@ def load_scenario(conn: Connection, sc: Scenario, now_ms: int | None = None) -> 
             head, [{"product_id": pid, "expected": qty, "source_line_id": None}], status="AwaitingDelivery"
         )
         if r.booked_in_wms:
-            # Already in the opening level: ledger row for the record, stock left as loaded.
+            # Opening stock is the position before receipts (docs/scenarios.md): raise the level.
             tx.now = min(start, db.to_ms(r.expected))
+            row = tx.stock_row(pid, wid)
+            conn.execute(
+                db.stock.update()
+                .where(db.stock.c.product_id == pid, db.stock.c.warehouse_id == wid)
+                .values(level=row["level"] + qty, updated_ms=tx.now)
+            )
             conn.execute(
                 insert(db.stock_flow).values(
                     product_id=pid,
                     warehouse_id=wid,
                     at_ms=tx.now,
                     flow="ASNStockIN",
-                    reason=f"ASN {aid} booked in before the scenario start (in the opening level)",
+                    reason=f"ASN {aid} booked in before the scenario start",
                     quantity=qty,
                     level_change=qty,
                     quarantine_change=0,
@@ -206,7 +214,9 @@ def load_scenario(conn: Connection, sc: Scenario, now_ms: int | None = None) -> 
                 db.asn_items.update().where(db.asn_items.c.asn_id == aid).values(received=qty, booked=qty)
             )
             conn.execute(
-                db.asns.update().where(db.asns.c.id == aid).values(status="BookedIn", last_updated_ms=tx.now)
+                db.asns.update()
+                .where(db.asns.c.id == aid)
+                .values(status="BookedIn", created_ms=tx.now, last_updated_ms=tx.now)
             )
             tx.now = start
     set_meta(conn, "scenario", {"name": sc.name, "starts_at_ms": start})

@@ -111,6 +111,13 @@ class StockMovementIn(_In):
     Action: int | str
 
 
+class OnHandIn(_In):
+    SKU: str | None = None
+    ProductId: int | None = None
+    WarehouseId: int
+    Quantity: Decimal
+
+
 class ReturnItemIn(QuantityLine):
     ReturnReasonId: int = 1
     Action: str = "Restock"

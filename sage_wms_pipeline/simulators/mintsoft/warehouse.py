@@ -124,6 +124,7 @@ class Tx:
         self.b = WarehouseBehaviour.model_validate(behaviour) if behaviour else WarehouseBehaviour()
         self.faults: dict[str, Any] = {**DEFAULT_FAULTS, **(get_meta(conn, "faults") or {})}
         self._skus: dict[int, str] = {}
+        self.despatched = False  # set by a despatch, so the replay knows a return may now be due
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -530,7 +531,9 @@ class Tx:
             units.extend([(it["id"], it["product_id"])] * qty)
         parcels = rng.choice([2, 3]) if chance(rng, self.b.multi_parcel_rate) else 1
         parcels = max(1, min(parcels, len(units)))
-        prefix = "".join(w[0] for w in o["courier_service"].upper().split() if w[0].isalpha())[:2].ljust(2, "X")
+        prefix = "".join(w[0] for w in o["courier_service"].upper().split() if w[0].isalpha())[:2].ljust(
+            2, "X"
+        )
         first_tn = first_url = None
         for n in range(parcels):
             share: dict[int, int] = defaultdict(int)
@@ -557,10 +560,10 @@ class Tx:
         hidden = None
         if chance(seeded(self.faults["seed"], "late", oid), Decimal(self.faults["late_rate"])):
             hidden = self.now + int(self.faults["late_seconds"]) * 1000
-        return_rng = self.rng("order", oid, "return")
         return_due = None
-        if quantities is None and chance(return_rng, self.b.return_rate):
-            return_due = self.now + return_rng.randint(24, 120) * HOUR_MS
+        if quantities is None and self.lines_to_return(oid):
+            return_due = self.now + self.rng("order", oid, "return-due").randint(24, 120) * HOUR_MS
+        self.despatched = True
         self.enter(
             oid,
             DESPATCHED,
@@ -661,17 +664,22 @@ class Tx:
             .values(confirmed=1, confirmed_ms=self.now, last_updated_ms=self.now)
         )
 
+    def lines_to_return(self, oid: int) -> list[dict[str, Any]]:
+        """The despatched lines the customer will send back: each with chance `return_rate`."""
+        rng = self.rng("order", oid, "return")
+        items = [it for it in self.items(oid) if it["despatched"] > 0]
+        return [it for it in items if chance(rng, self.b.return_rate)]
+
     def auto_return(self, oid: int) -> None:
         self.conn.execute(update(db.orders).where(db.orders.c.id == oid).values(return_due_ms=None))
         rng = self.rng("order", oid, "return-items")
         grading = sorted(self.b.return_grading.items())
         total = sum(w for _, w in grading)
-        if total <= 0:
+        lines = self.lines_to_return(oid)
+        if total <= 0 or not lines:
             return
         rid = self.create_return(oid, reference=f"AUTO-{oid}")
-        for it in self.items(oid):
-            if it["despatched"] <= 0:
-                continue
+        for it in lines:
             qty = rng.randint(1, it["despatched"])
             pick = Decimal(rng.randrange(1_000_000)) / 1_000_000 * total
             grade = grading[-1][0]
@@ -805,80 +813,93 @@ class Tx:
     # ---- shrink --------------------------------------------------------------------------------
 
     def shrink(self, day_ms: int) -> None:
-        rows = (
-            self.conn.execute(select(db.stock).order_by(db.stock.c.product_id, db.stock.c.warehouse_id))
-            .mappings()
-            .all()
-        )
-        for row in rows:
-            pid, wid = row["product_id"], row["warehouse_id"]
+        """Evening count: lose about `shrink_rate` of the day's despatched units to damage and miscounts."""
+        f = db.stock_flow.c
+        sold = self.conn.execute(
+            select(f.product_id, f.warehouse_id, func.sum(f.quantity))
+            .where(f.flow == "Despatch", f.at_ms > day_ms - DAY_MS, f.at_ms <= day_ms)
+            .group_by(f.product_id, f.warehouse_id)
+            .order_by(f.product_id, f.warehouse_id)
+        ).all()
+        for pid, wid, units in sold:
             rng = self.rng("shrink", day_ms, pid, wid)
-            if not chance(rng, self.b.shrink_rate):
+            expected = self.b.shrink_rate * units
+            lost = int(expected) + (1 if chance(rng, expected - int(expected)) else 0)
+            row = self.stock_row(pid, wid)
+            lost = min(lost, row["level"] - row["allocated"])
+            if lost <= 0:
                 continue
-            free = row["level"] - row["allocated"]
-            if rng.randrange(2) == 0:
-                if free >= 1:
-                    self.move(pid, wid, "Scrap", "Damaged in warehouse", quantity=1, level=-1)
-            else:
-                delta = rng.choice([-2, -1, 1])
-                if free + delta >= 0:
-                    self.move(
-                        pid,
-                        wid,
-                        "CountCorrection",
-                        "Stock count correction",
-                        quantity=abs(delta),
-                        level=delta,
-                    )
+            damaged = sum(1 for _ in range(lost) if rng.randrange(2) == 0)
+            if damaged:
+                self.move(pid, wid, "Scrap", "Damaged in warehouse", quantity=damaged, level=-damaged)
+            if lost - damaged:
+                self.move(
+                    pid,
+                    wid,
+                    "CountCorrection",
+                    "Stock count correction: units missing",
+                    quantity=lost - damaged,
+                    level=-(lost - damaged),
+                )
 
     # ---- the clock -----------------------------------------------------------------------------
 
     def advance(self, target_ms: int) -> int:
         """Replay, in time order, every event due up to `target_ms`; returns how many ran."""
         o, a = db.orders.c, db.asns.c
+        # Built once: statement construction, not SQLite, is the cost of a busy replay.
+        next_order = (
+            select(o.id, o.next_event_ms)
+            .where(o.next_event_ms <= target_ms)
+            .order_by(o.next_event_ms, o.id)
+            .limit(1)
+        )
+        next_asn = (
+            select(a.id, a.estimated_ms)
+            .where(a.estimated_ms <= target_ms, a.status.in_(("New", "AwaitingDelivery")))
+            .order_by(a.estimated_ms, a.id)
+            .limit(1)
+        )
+        next_return = (
+            select(o.id, o.return_due_ms)
+            .where(o.return_due_ms <= target_ms)
+            .order_by(o.return_due_ms, o.id)
+            .limit(1)
+        )
+        # ASNs and returns only change when their own events run (or, for returns, on a despatch).
+        asn_row = self.conn.execute(next_asn).first()
+        return_row = self.conn.execute(next_return).first()
+        shrink_ms = get_meta(self.conn, "next_shrink_ms")
         ran = 0
         while True:
             candidates: list[tuple[int, int, int, str]] = []
-            row = self.conn.execute(
-                select(o.id, o.next_event_ms)
-                .where(o.next_event_ms <= target_ms)
-                .order_by(o.next_event_ms, o.id)
-                .limit(1)
-            ).first()
+            row = self.conn.execute(next_order).first()
             if row:
                 candidates.append((row[1], 1, row[0], "order"))
-            row = self.conn.execute(
-                select(a.id, a.estimated_ms)
-                .where(a.estimated_ms <= target_ms, a.status.in_(("New", "AwaitingDelivery")))
-                .order_by(a.estimated_ms, a.id)
-                .limit(1)
-            ).first()
-            if row:
-                candidates.append((row[1], 0, row[0], "asn"))
-            row = self.conn.execute(
-                select(o.id, o.return_due_ms)
-                .where(o.return_due_ms <= target_ms)
-                .order_by(o.return_due_ms, o.id)
-                .limit(1)
-            ).first()
-            if row:
-                candidates.append((row[1], 2, row[0], "return"))
-            shrink_ms = get_meta(self.conn, "next_shrink_ms")
+            if asn_row:
+                candidates.append((asn_row[1], 0, asn_row[0], "asn"))
+            if return_row:
+                candidates.append((return_row[1], 2, return_row[0], "return"))
             if shrink_ms is not None and shrink_ms <= target_ms:
                 candidates.append((shrink_ms, 3, 0, "shrink"))
             if not candidates:
                 break
             at, _, ident, kind = min(candidates)
             self.now = max(self.now, at)
+            self.despatched = False
             if kind == "order":
                 self.on_order_event(ident)
             elif kind == "asn":
                 self.auto_book_in(ident)
+                asn_row = self.conn.execute(next_asn).first()
             elif kind == "return":
                 self.auto_return(ident)
             else:
                 self.shrink(shrink_ms)
-                set_meta(self.conn, "next_shrink_ms", shrink_ms + DAY_MS)
+                shrink_ms += DAY_MS
+                set_meta(self.conn, "next_shrink_ms", shrink_ms)
+            if kind == "return" or self.despatched:
+                return_row = self.conn.execute(next_return).first()
             ran += 1
         self.now = max(self.now, target_ms)
         return ran

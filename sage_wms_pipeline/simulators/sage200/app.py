@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from sage_wms_pipeline import jsonutil
+from sage_wms_pipeline.scenario.checks import scenario_problems
 from sage_wms_pipeline.scenario.model import Scenario
 from sage_wms_pipeline.simulators.common import ExactJSONResponse
 from sage_wms_pipeline.simulators.sage200 import resources as R
@@ -24,7 +25,9 @@ from sage_wms_pipeline.simulators.sage200.service import (
     CountSheetItemIn,
     DropRule,
     Faults,
+    GoodsIn,
     OrderIn,
+    OrderStatusIn,
     OrderUpdate,
     Sage200,
     SageError,
@@ -285,9 +288,14 @@ def create_app(data_dir: Path) -> FastAPI:
     async def load_scenario(request: Request) -> Response:
         data = _admin_json(await request.body())
         try:
-            scenario = Scenario.model_validate(data)
+            # field checks here; the cross-reference pass below reports its first problem by field path
+            scenario = Scenario.model_validate(data, context={"skip_cross_checks": True})
         except ValidationError as exc:
             raise validation_error(exc) from None
+        problems = scenario_problems(scenario)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise SageError(problems[0] + more, problems[0].split(":")[0])
         try:
             await run_in_threadpool(sage.load, scenario)
         except ScenarioLoadError as exc:
@@ -333,6 +341,16 @@ def create_app(data_dir: Path) -> FastAPI:
         rule = parse_body(DropRule, await request.body())
         sage.drop_rules.append(rule)
         return _json([r.model_dump() for r in sage.drop_rules])
+
+    @app.post("/_sandbox/goods_in")
+    async def goods_in(request: Request) -> Response:
+        body = parse_body(GoodsIn, await request.body())
+        return _json(await run_in_threadpool(sage.goods_in, body))
+
+    @app.post("/_sandbox/orders/{document_no}/status")
+    async def order_status(document_no: str, request: Request) -> Response:
+        body = parse_body(OrderStatusIn, await request.body())
+        return _json(await run_in_threadpool(sage.set_order_status, document_no, body.status))
 
     @app.get("/_sandbox/settings")
     def get_settings() -> Response:

@@ -21,7 +21,8 @@ MAX_TOP = 5000
 COMPARISON_OPS = {"eq": "=", "ne": "<>", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 FLIPPED = {"eq": "eq", "ne": "ne", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
 STRING_FUNCTIONS = ("contains", "startswith", "endswith")
-KNOWN_OPTIONS = {"$top", "$skip", "$filter", "$orderby", "$select", "$expand", "$count", "$metadata"}
+KNOWN_OPTIONS = {"$top", "$skip", "$filter", "$orderby", "$select", "$expand"}
+UNSUPPORTED_OPTIONS = {"$count", "$metadata"}  # real Sage has them; the simulator says so instead of ignoring
 
 
 class ODataError(ValueError):
@@ -396,6 +397,8 @@ def build_query(
 ) -> Query:
     """Turn the request's `$` query options into SQL pieces for `resource`, or raise ODataError."""
     for key in params:
+        if key in UNSUPPORTED_OPTIONS:
+            raise ODataError(f"The query option '{key}' is not supported by the simulator")
         if key.startswith("$") and key not in KNOWN_OPTIONS:
             raise ODataError(f"The query option '{key}' is not supported")
     query = Query()

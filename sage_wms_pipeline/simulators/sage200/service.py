@@ -31,6 +31,7 @@ from sage_wms_pipeline.simulators.sage200.store import (
     SITE_ID,
     SOURCE_CUSTOMER,
     SOURCE_INTERNAL,
+    SOURCE_SUPPLIER,
     VAT_RATE,
     Clock,
     build_database,
@@ -200,6 +201,18 @@ class CountSheetItemIn(_Body):
 M = TypeVar("M", bound=BaseModel)
 
 
+class GoodsIn(_Body):
+    reference: str | None = Field(default=None, max_length=20)
+    sku: str | None = Field(default=None, max_length=30)
+    warehouse: str | None = Field(default=None, max_length=20)
+    quantity: Annotated[Decimal, Field(gt=0)] | None = None
+    unit_cost: NonNegative | None = None
+
+
+class OrderStatusIn(_Body):
+    status: str
+
+
 def parse_body(model: type[M], raw: bytes) -> M:
     try:
         data = jsonutil.loads(raw) if raw.strip() else None
@@ -247,9 +260,11 @@ class Sage200:
         with self.lock:
             # Sage ID is its own service: tokens outlive a change of company data
             tokens = self.db.execute("SELECT * FROM access_tokens").fetchall() if self.conn else []
-            refresh = self.db.execute(
-                "SELECT * FROM refresh_tokens WHERE token <> 'sandbox-refresh'"
-            ).fetchall() if self.conn else []
+            refresh = (
+                self.db.execute("SELECT * FROM refresh_tokens WHERE token <> 'sandbox-refresh'").fetchall()
+                if self.conn
+                else []
+            )
             build_database(self.path, scenario, self.clock)  # raises before touching the live file
             if self.conn is not None:
                 self.conn.close()
@@ -297,10 +312,11 @@ class Sage200:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    def set_faults(self, faults: Faults) -> None:
+    def set_faults(self, faults: Faults, reseed: bool = True) -> None:
         with self.lock:
             self.faults = faults
-            self.rng = random.Random(faults.seed)
+            if reseed:
+                self.rng = random.Random(faults.seed)
             self.set_meta("faults", faults.model_dump_json())
 
     def draw(self) -> float:
@@ -359,9 +375,8 @@ class Sage200:
     def token_valid(self, token: str) -> bool:
         with self.lock:
             if self.faults.expire_next_tokens > 0:
-                self.set_faults(
-                    self.faults.model_copy(update={"expire_next_tokens": self.faults.expire_next_tokens - 1})
-                )
+                left = self.faults.expire_next_tokens - 1
+                self.set_faults(self.faults.model_copy(update={"expire_next_tokens": left}), reseed=False)
                 self.db.execute("UPDATE access_tokens SET expires_at = 0 WHERE token = ?", (token,))
                 return False
             row = self.db.execute("SELECT expires_at FROM access_tokens WHERE token = ?", (token,)).fetchone()
@@ -532,7 +547,7 @@ class Sage200:
         return SageError(text, status=self.faults.lock_status)
 
     def check_locks(self, c: sqlite3.Connection, order: sqlite3.Row, lock_id: int | None = None) -> None:
-        """Refuse a write to an order someone else holds: a desktop user, a random lock, or an API edit lock."""
+        """Refuse a write to an order someone else holds: desktop user, random lock or API edit lock."""
         now = time.time()
         held = c.execute(
             "SELECT expires_at FROM record_locks WHERE document_no = ?", (order["document_no"],)
@@ -619,7 +634,7 @@ class Sage200:
     def _issue_cost(
         self, c: sqlite3.Connection, product: sqlite3.Row, holding_id: int, qty: Decimal
     ) -> Decimal:
-        """Total cost of taking `qty` out, by the group's costing method; FIFO consumes layers oldest first."""
+        """Cost of taking `qty` out by the group's costing method; FIFO consumes layers oldest first."""
         method = product["costing_method"]
         if method == "Standard":
             return five(qty * dec(product["standard_cost"]))
@@ -688,9 +703,11 @@ class Sage200:
         unit_cost = five(abs(cost_value) / abs(qty)) if qty else Decimal(0)
         cost_value = abs(cost_value) * sign
         c.execute(
-            "INSERT INTO product_transactions (product_id, warehouse_holding_id, transaction_type, transaction_date,"
+            "INSERT INTO product_transactions (product_id, warehouse_holding_id, transaction_type,"
+            " transaction_date,"
             " source_area_type_id, source_area_reference, source_area_name, reference, second_reference,"
-            " warehouse_name, quantity, unit_cost_price, unit_issue_price, cost_value, issue_value, user_name,"
+            " warehouse_name, quantity, unit_cost_price, unit_issue_price, cost_value, issue_value,"
+            " user_name,"
             " date_time_updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 product["id"],
@@ -1086,7 +1103,8 @@ class Sage200:
             allocate = self.meta("allocate_stock_on_order_entry") == "1"
             cur = c.execute(
                 "INSERT INTO sop_orders (document_no, customer_id, customer_document_no, document_date,"
-                " document_status, subtotal_goods_value, subtotal_charge_net_value, subtotal_charge_tax_value,"
+                " document_status, subtotal_goods_value, subtotal_charge_net_value,"
+                " subtotal_charge_tax_value,"
                 " total_net_value, total_tax_value, total_gross_value, requested_delivery_date,"
                 " promised_delivery_date, document_created_by, delivery_method, date_time_created,"
                 " date_time_updated) VALUES (?,?,?,?,?,'0','0','0','0','0','0',?,?,?,?,?,?)",
@@ -1118,7 +1136,7 @@ class Sage200:
         return self.get(R.SOP_ORDER, order_id, {"$expand": "lines"})
 
     def update_order(self, order_id: int, body: OrderUpdate) -> dict[str, Any]:
-        """PUT: header first, then lines one by one; a failing line stops there, earlier lines stay (as Sage)."""
+        """PUT: header, then lines one by one; a failing line stops there, earlier ones stay (as Sage)."""
         with self.write() as c:
             order = self._order_row(c, order_id, status=404)
             self.check_locks(c, order, body.lock_id)
@@ -1366,7 +1384,8 @@ class Sage200:
         with self.lock:
             wh = self._warehouse(self.db, body.warehouse_id)
             rows = self.db.execute(
-                "SELECT h.id, h.quantity_in_stock, p.code, p.name, p.average_buying_price, g.id AS gid, g.code AS gcode,"
+                "SELECT h.id, h.quantity_in_stock, p.code, p.name, p.average_buying_price, g.id AS gid,"
+                " g.code AS gcode,"
                 " g.can_levels_go_negative FROM warehouse_holdings h JOIN products p ON p.id = h.product_id"
                 " JOIN product_groups g ON g.id = p.product_group_id WHERE h.warehouse_id = ?"
                 " AND g.product_type = 'EnumStockItemTypeStock' ORDER BY p.code",
@@ -1638,6 +1657,129 @@ class Sage200:
             )
         return self.stocktake(row["id"])
 
+    # --- desktop-user actions (admin) ------------------------------------------------------------
+
+    def goods_in(self, body: GoodsIn) -> dict[str, Any]:
+        """A goods receipt posted in the desktop (the API has no endpoint for it): stock in, costed."""
+        with self.write() as c:
+            pending = None
+            if body.reference is not None:
+                pending = c.execute(
+                    "SELECT * FROM pending_receipts WHERE reference = ?", (body.reference,)
+                ).fetchone()
+            if pending is not None:
+                sku, warehouse = pending["sku"], pending["warehouse"]
+                qty, unit = dec(pending["quantity"]), dec(pending["unit_cost"])
+            else:
+                if (
+                    body.sku is None
+                    or body.warehouse is None
+                    or body.quantity is None
+                    or body.unit_cost is None
+                ):
+                    raise SageError(
+                        "reference: no pending scenario receipt with that reference; give sku, "
+                        "warehouse, quantity and unit_cost",
+                        "reference",
+                    )
+                sku, warehouse, qty, unit = body.sku, body.warehouse, body.quantity, body.unit_cost
+            h = c.execute(
+                "SELECT h.id, h.product_id FROM warehouse_holdings h JOIN products p ON p.id = h.product_id"
+                " WHERE p.code = ? AND h.warehouse_name = ?",
+                (sku, warehouse),
+            ).fetchone()
+            if h is None:
+                raise SageError(f"sku: no holding of {sku!r} in warehouse {warehouse!r}", "sku")
+            product = self._product_costing(c, h["product_id"])
+            if product["product_type"] != "EnumStockItemTypeStock":
+                raise SageError(f"sku: {sku} is not a stock item", "sku")
+            now = self.clock.stamp()
+            if product["costing_method"] == "Average":
+                in_stock = sum(
+                    (
+                        dec(r[0])
+                        for r in c.execute(
+                            "SELECT quantity_in_stock FROM warehouse_holdings WHERE product_id = ?",
+                            (h["product_id"],),
+                        )
+                    ),
+                    Decimal(0),
+                )
+                avg = dec(product["average_buying_price"])
+                new_avg = five(
+                    (avg * max(in_stock, Decimal(0)) + unit * qty) / (max(in_stock, Decimal(0)) + qty)
+                )
+                c.execute(
+                    "UPDATE products SET average_buying_price = ?, date_time_updated = ? WHERE id = ?",
+                    (txt(new_avg), now, h["product_id"]),
+                )
+            if product["costing_method"] == "FIFO":
+                c.execute(
+                    "INSERT INTO fifo_layers (warehouse_holding_id, received, quantity_remaining, unit_cost)"
+                    " VALUES (?, ?, ?, ?)",
+                    (h["id"], now, txt(qty), txt(unit)),
+                )
+            self._adjust_holding(c, h["id"], now, d_confirmed=qty)
+            reference = body.reference or f"GRN{self._next_number('next_grn_no', 7)}"
+            self._movement(
+                c,
+                product=product,
+                holding_id=h["id"],
+                kind="Goods In",
+                when=now,
+                source=SOURCE_SUPPLIER,
+                source_ref="",
+                source_name="Supplier",
+                reference=reference,
+                second_reference="",
+                qty=qty,
+                cost_value=five(qty * unit),
+                unit_issue=Decimal(0),
+                now=now,
+            )
+            c.execute("DELETE FROM pending_receipts WHERE reference = ?", (reference,))
+        return {
+            "reference": reference,
+            "sku": sku,
+            "warehouse": warehouse,
+            "quantity": qty,
+            "unit_cost": unit,
+        }
+
+    def set_order_status(self, document_no: str, status: str) -> dict[str, Any]:
+        """A desktop user puts an order on hold, releases it, or cancels it (cancelling frees allocations)."""
+        if status not in ("Live", "OnHold", "Cancelled"):
+            raise SageError("status: must be Live, OnHold or Cancelled", "status")
+        with self.write() as c:
+            order = c.execute("SELECT * FROM sop_orders WHERE document_no = ?", (document_no,)).fetchone()
+            if order is None:
+                raise SageError(f"document_no: no sales order {document_no!r}", "document_no", status=404)
+            if order["document_status"] in (DOCUMENT_STATUS["Complete"], DOCUMENT_STATUS["Cancelled"]):
+                raise SageError(
+                    f"status: sales order {document_no} is already "
+                    f"{order['document_status'].removeprefix('EnumDocumentStatus').lower()}",
+                    "status",
+                )
+            now = self.clock.stamp()
+            if status == "Cancelled":
+                for line in c.execute(
+                    "SELECT * FROM sop_order_lines WHERE sop_order_id = ?", (order["id"],)
+                ).fetchall():
+                    alloc = dec(line["allocated_quantity"])
+                    if line["counts_stock"] and alloc:
+                        self._adjust_holding(c, line["warehouse_holding_id"], now, d_alloc_sop=-alloc)
+                    c.execute(
+                        "UPDATE sop_order_lines SET allocated_quantity = '0', allocation_status = 'None',"
+                        " date_time_updated = ? WHERE id = ?",
+                        (now, line["id"]),
+                    )
+            c.execute(
+                "UPDATE sop_orders SET document_status = ?, cancelled_status = ?, date_time_updated = ?"
+                " WHERE id = ?",
+                (DOCUMENT_STATUS[status], "Fully" if status == "Cancelled" else "None", now, order["id"]),
+            )
+        return self.get(R.SOP_ORDER, order["id"], {"$expand": "lines"})
+
     # --- admin ----------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -1656,6 +1798,7 @@ class Sage200:
                     "product_transactions",
                     "stocktakes",
                     "sop_returns",
+                    "pending_receipts",
                 )
             }
             by_status = dict(
@@ -1675,19 +1818,7 @@ class Sage200:
             }
 
 
-_CONFIRM_ANY_SQL = """
-    SELECT l.id AS id, o.id AS sop_order_return_id, o.document_no AS document_no, o.document_date AS document_date,
-           o.document_status AS document_status, o.customer_id AS trader_id, c.reference AS customer_reference,
-           c.name AS customer_name, l.product_id AS product_id, l.code AS item_code,
-           substr(l.description, 1, 60) AS item_name, l.warehouse_id AS warehouse_id,
-           COALESCE(w.name, '') AS warehouse_name, l.confirmation_intent_type AS confirmation_intent_type,
-           l.line_quantity AS line_quantity, l.despatch_receipt_quantity AS despatch_receipt_quantity,
-           l.allocated_quantity AS available_quantity, COALESCE(g.product_type, '') AS product_type,
-           o.requested_delivery_date AS requested_delivery_date, o.promised_delivery_date AS promised_delivery_date
-    FROM sop_order_lines l JOIN sop_orders o ON o.id = l.sop_order_id JOIN customers c ON c.id = o.customer_id
-    LEFT JOIN warehouses w ON w.id = l.warehouse_id LEFT JOIN products p ON p.id = l.product_id
-    LEFT JOIN product_groups g ON g.id = p.product_group_id
-"""
+_CONFIRM_ANY_SQL = "SELECT * FROM despatchable_lines_v l"
 
 _COUNT_ITEM_SQL = """
     SELECT i.*, p.code, p.name, p.standard_cost, p.average_buying_price, g.costing_method,
@@ -1703,4 +1834,13 @@ def _select(item: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
     return {k: item[k] for k in fields if k in item}
 
 
-__all__ = ["DropRule", "Faults", "ODataError", "Sage200", "SageError", "parse_body"]
+__all__ = [
+    "DropRule",
+    "Faults",
+    "GoodsIn",
+    "ODataError",
+    "OrderStatusIn",
+    "Sage200",
+    "SageError",
+    "parse_body",
+]

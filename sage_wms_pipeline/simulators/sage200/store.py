@@ -142,7 +142,8 @@ CREATE INDEX products_updated ON products(date_time_updated);
 
 CREATE TABLE warehouses (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL,
-    warehouse_type TEXT NOT NULL DEFAULT 'EnumWarehouseTypeWarehouse', use_for_sales_trading INTEGER NOT NULL DEFAULT 1,
+    warehouse_type TEXT NOT NULL DEFAULT 'EnumWarehouseTypeWarehouse',
+        use_for_sales_trading INTEGER NOT NULL DEFAULT 1,
     date_time_created TEXT NOT NULL, date_time_updated TEXT NOT NULL);
 
 CREATE TABLE warehouse_holdings (
@@ -172,7 +173,8 @@ CREATE TABLE customers (
     email TEXT, date_time_created TEXT NOT NULL, date_time_updated TEXT NOT NULL);
 
 CREATE TABLE sop_orders (
-    id INTEGER PRIMARY KEY, document_no TEXT NOT NULL UNIQUE, customer_id INTEGER NOT NULL REFERENCES customers(id),
+    id INTEGER PRIMARY KEY, document_no TEXT NOT NULL UNIQUE,
+        customer_id INTEGER NOT NULL REFERENCES customers(id),
     customer_document_no TEXT NOT NULL DEFAULT '', document_date TEXT NOT NULL,
     document_status TEXT NOT NULL, despatch_receipt_status TEXT NOT NULL DEFAULT 'None',
     invoice_credit_status TEXT NOT NULL DEFAULT 'None', cancelled_status TEXT NOT NULL DEFAULT 'None',
@@ -189,18 +191,22 @@ CREATE INDEX orders_customer ON sop_orders(customer_id);
 CREATE INDEX orders_status ON sop_orders(document_status);
 
 CREATE TABLE sop_order_lines (
-    id INTEGER PRIMARY KEY, sop_order_id INTEGER NOT NULL REFERENCES sop_orders(id), line_number INTEGER NOT NULL,
-    line_type TEXT NOT NULL, product_id INTEGER REFERENCES products(id), warehouse_id INTEGER REFERENCES warehouses(id),
+    id INTEGER PRIMARY KEY, sop_order_id INTEGER NOT NULL REFERENCES sop_orders(id),
+        line_number INTEGER NOT NULL,
+    line_type TEXT NOT NULL, product_id INTEGER REFERENCES products(id),
+        warehouse_id INTEGER REFERENCES warehouses(id),
     warehouse_holding_id INTEGER REFERENCES warehouse_holdings(id), counts_stock INTEGER NOT NULL,
     code TEXT NOT NULL, description TEXT NOT NULL,
     line_quantity TEXT NOT NULL, allocated_quantity TEXT NOT NULL, despatch_receipt_quantity TEXT NOT NULL,
-    invoice_credit_quantity TEXT NOT NULL DEFAULT '0', posted_invoice_credit_quantity TEXT NOT NULL DEFAULT '0',
+    invoice_credit_quantity TEXT NOT NULL DEFAULT '0',
+        posted_invoice_credit_quantity TEXT NOT NULL DEFAULT '0',
     selling_unit_price TEXT NOT NULL, unit_discount_percent TEXT NOT NULL DEFAULT '0',
     unit_discount_value TEXT NOT NULL DEFAULT '0', cost_price TEXT NOT NULL,
     line_total_value TEXT NOT NULL, line_tax_value TEXT NOT NULL, tax_code_id INTEGER NOT NULL,
     allocation_status TEXT NOT NULL, despatch_receipt_status TEXT NOT NULL,
     invoice_credit_status TEXT NOT NULL DEFAULT 'None', confirmation_intent_type TEXT NOT NULL,
-    show_on_customer_docs INTEGER NOT NULL DEFAULT 1, show_on_picking_list_type TEXT NOT NULL DEFAULT 'Show',
+    show_on_customer_docs INTEGER NOT NULL DEFAULT 1,
+        show_on_picking_list_type TEXT NOT NULL DEFAULT 'Show',
     is_complete INTEGER NOT NULL DEFAULT 0,
     date_time_created TEXT NOT NULL, date_time_updated TEXT NOT NULL);
 CREATE INDEX lines_by_order ON sop_order_lines(sop_order_id, line_number);
@@ -225,7 +231,8 @@ CREATE TABLE product_transactions (
     warehouse_holding_id INTEGER NOT NULL REFERENCES warehouse_holdings(id),
     transaction_type TEXT NOT NULL, transaction_date TEXT NOT NULL, source_area_type_id INTEGER NOT NULL,
     source_area_reference TEXT NOT NULL, source_area_name TEXT NOT NULL, reference TEXT NOT NULL,
-    second_reference TEXT NOT NULL, warehouse_name TEXT NOT NULL, bin_name TEXT NOT NULL DEFAULT 'Unspecified',
+    second_reference TEXT NOT NULL, warehouse_name TEXT NOT NULL,
+        bin_name TEXT NOT NULL DEFAULT 'Unspecified',
     quantity TEXT NOT NULL, unit_cost_price TEXT NOT NULL, unit_issue_price TEXT NOT NULL,
     cost_value TEXT NOT NULL, issue_value TEXT NOT NULL, memo TEXT NOT NULL DEFAULT '',
     user_name TEXT NOT NULL, date_time_updated TEXT NOT NULL);
@@ -233,7 +240,8 @@ CREATE INDEX transactions_updated ON product_transactions(date_time_updated);
 CREATE INDEX transactions_product ON product_transactions(product_id);
 
 CREATE TABLE stocktakes (
-    id INTEGER PRIMARY KEY, stocktake_name TEXT NOT NULL, warehouse_id INTEGER NOT NULL REFERENCES warehouses(id),
+    id INTEGER PRIMARY KEY, stocktake_name TEXT NOT NULL,
+        warehouse_id INTEGER NOT NULL REFERENCES warehouses(id),
     stocktake_date TEXT NOT NULL, stocktake_type TEXT NOT NULL, stocktake_status TEXT NOT NULL,
     show_expected_quantities INTEGER NOT NULL DEFAULT 1, nominal_narrative TEXT NOT NULL DEFAULT '',
     date_time_created TEXT NOT NULL, date_time_updated TEXT NOT NULL);
@@ -246,27 +254,38 @@ CREATE TABLE stocktake_count_sheet_items (
     date_time_updated TEXT NOT NULL);
 CREATE INDEX count_items_by_stocktake ON stocktake_count_sheet_items(stocktake_id);
 
+CREATE TABLE pending_receipts (
+    reference TEXT PRIMARY KEY, sku TEXT NOT NULL, warehouse TEXT NOT NULL, quantity TEXT NOT NULL,
+    unit_cost TEXT NOT NULL, expected TEXT NOT NULL);
+
 CREATE TABLE sop_returns (
-    id INTEGER PRIMARY KEY, document_no TEXT NOT NULL UNIQUE, customer_id INTEGER NOT NULL REFERENCES customers(id),
-    customer_document_no TEXT NOT NULL DEFAULT '', document_date TEXT NOT NULL, document_status TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, document_no TEXT NOT NULL UNIQUE,
+        customer_id INTEGER NOT NULL REFERENCES customers(id),
+    customer_document_no TEXT NOT NULL DEFAULT '', document_date TEXT NOT NULL,
+        document_status TEXT NOT NULL,
     total_net_value TEXT NOT NULL, total_tax_value TEXT NOT NULL, total_gross_value TEXT NOT NULL,
     date_time_created TEXT NOT NULL, date_time_updated TEXT NOT NULL);
 
 CREATE TABLE sop_return_lines (
-    id INTEGER PRIMARY KEY, sop_return_id INTEGER NOT NULL REFERENCES sop_returns(id), line_number INTEGER NOT NULL,
-    line_type TEXT NOT NULL, product_id INTEGER REFERENCES products(id), warehouse_id INTEGER REFERENCES warehouses(id),
-    code TEXT NOT NULL, description TEXT NOT NULL, line_quantity TEXT NOT NULL, selling_unit_price TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, sop_return_id INTEGER NOT NULL REFERENCES sop_returns(id),
+        line_number INTEGER NOT NULL,
+    line_type TEXT NOT NULL, product_id INTEGER REFERENCES products(id),
+        warehouse_id INTEGER REFERENCES warehouses(id),
+    code TEXT NOT NULL, description TEXT NOT NULL, line_quantity TEXT NOT NULL,
+        selling_unit_price TEXT NOT NULL,
     line_total_value TEXT NOT NULL, restock INTEGER NOT NULL, despatch_receipt_quantity TEXT NOT NULL,
     date_time_created TEXT NOT NULL, date_time_updated TEXT NOT NULL);
 CREATE INDEX return_lines_by_return ON sop_return_lines(sop_return_id);
 
 CREATE VIEW sop_orders_v AS
-    SELECT o.*, o.delivery_method AS analysis_code_1, c.reference AS customer_reference, c.name AS customer_name, c.address_1 AS c_address_1,
+    SELECT o.*, o.delivery_method AS analysis_code_1, c.reference AS customer_reference,
+        c.name AS customer_name, c.address_1 AS c_address_1,
            c.city AS c_city, c.postcode AS c_postcode, c.country_code AS c_country_code, c.email AS c_email
     FROM sop_orders o JOIN customers c ON c.id = o.customer_id;
 
 CREATE VIEW product_transaction_views AS
-    SELECT t.*, p.code AS product_code, p.product_group_id AS product_group_id, g.code AS product_group_code,
+    SELECT t.*, p.code AS product_code, p.product_group_id AS product_group_id,
+        g.code AS product_group_code,
            CASE WHEN CAST(t.quantity AS REAL) < 0 THEN 2 ELSE 1 END AS transaction_group_id,
            0 AS transaction_type_id
     FROM product_transactions t JOIN products p ON p.id = t.product_id
@@ -274,39 +293,50 @@ CREATE VIEW product_transaction_views AS
 
 CREATE VIEW sop_order_despatch_line_views AS
     SELECT dl.id AS sop_despatch_line_id, dl.quantity AS sop_despatch_line_quantity,
-           0 AS sop_despatch_line_is_invoiced, d.id AS sop_despatch_id, d.despatch_no AS sop_despatch_document_no,
+           0 AS sop_despatch_line_is_invoiced, d.id AS sop_despatch_id,
+               d.despatch_no AS sop_despatch_document_no,
            d.despatch_date AS sop_despatch_date, d.despatched_by AS sop_despatch_user_name,
            l.id AS sop_order_line_id, l.line_type AS line_type, l.code AS sop_order_line_item_code,
            substr(l.description, 1, 60) AS sop_order_line_item_description,
-           l.line_number AS sop_order_line_print_sequence_number, l.line_quantity AS sop_order_line_quantity,
+           l.line_number AS sop_order_line_print_sequence_number,
+               l.line_quantity AS sop_order_line_quantity,
            l.despatch_receipt_quantity AS sop_order_line_despatch_quantity, o.id AS sop_order_id,
            o.document_no AS sop_order_document_no, o.document_date AS sop_order_document_date,
            o.document_status AS sop_order_document_status_type,
            o.customer_document_no AS sop_order_customer_document_no, c.id AS customer_id,
            c.reference AS customer_reference, c.name AS customer_name, l.product_id AS product_id,
            p.code AS product_code, p.name AS product_name, l.warehouse_holding_id AS warehouse_holding_id,
-           l.warehouse_id AS warehouse_id, w.name AS warehouse_name, d.courier_name AS sop_despatch_courier_name,
+           l.warehouse_id AS warehouse_id, w.name AS warehouse_name,
+               d.courier_name AS sop_despatch_courier_name,
            d.consignment_no AS sop_despatch_consignment_no, d.pieces AS sop_despatch_pieces,
-           d.weight AS sop_despatch_weight, d.notes AS sop_despatch_notes, dl.date_time_updated AS date_time_updated
+           d.weight AS sop_despatch_weight, d.notes AS sop_despatch_notes,
+               dl.date_time_updated AS date_time_updated
     FROM sop_despatch_lines dl JOIN sop_despatch_receipts d ON d.id = dl.sop_despatch_id
     JOIN sop_order_lines l ON l.id = dl.sop_order_line_id JOIN sop_orders o ON o.id = l.sop_order_id
     JOIN customers c ON c.id = o.customer_id LEFT JOIN products p ON p.id = l.product_id
     LEFT JOIN warehouses w ON w.id = l.warehouse_id;
 
-CREATE VIEW confirm_despatch_v AS
-    SELECT l.id AS id, o.id AS sop_order_return_id, o.document_no AS document_no, o.document_date AS document_date,
-           o.document_status AS document_status, o.customer_id AS trader_id, c.reference AS customer_reference,
+CREATE VIEW despatchable_lines_v AS
+    SELECT l.id AS id, l.line_type AS line_type, l.is_complete AS is_complete,
+           o.id AS sop_order_return_id, o.document_no AS document_no, o.document_date AS document_date,
+           o.document_status AS document_status, o.customer_id AS trader_id,
+               c.reference AS customer_reference,
            c.name AS customer_name, l.product_id AS product_id, l.code AS item_code,
            substr(l.description, 1, 60) AS item_name, l.warehouse_id AS warehouse_id,
            COALESCE(w.name, '') AS warehouse_name, l.confirmation_intent_type AS confirmation_intent_type,
            l.line_quantity AS line_quantity, l.despatch_receipt_quantity AS despatch_receipt_quantity,
            l.allocated_quantity AS available_quantity, COALESCE(g.product_type, '') AS product_type,
-           o.requested_delivery_date AS requested_delivery_date, o.promised_delivery_date AS promised_delivery_date
+           o.requested_delivery_date AS requested_delivery_date,
+               o.promised_delivery_date AS promised_delivery_date
     FROM sop_order_lines l JOIN sop_orders o ON o.id = l.sop_order_id JOIN customers c ON c.id = o.customer_id
     LEFT JOIN warehouses w ON w.id = l.warehouse_id LEFT JOIN products p ON p.id = l.product_id
-    LEFT JOIN product_groups g ON g.id = p.product_group_id
-    WHERE o.document_status = 'EnumDocumentStatusLive' AND l.line_type IN ('EnumLineTypeStandard', 'EnumLineTypeFreeText')
-      AND l.is_complete = 0 AND l.allocated_quantity COLLATE DECIMAL > '0';
+    LEFT JOIN product_groups g ON g.id = p.product_group_id;
+
+CREATE VIEW confirm_despatch_v AS
+    SELECT * FROM despatchable_lines_v
+    WHERE document_status = 'EnumDocumentStatusLive'
+      AND line_type IN ('EnumLineTypeStandard', 'EnumLineTypeFreeText')
+      AND is_complete = 0 AND available_quantity COLLATE DECIMAL > '0';
 """
 
 
@@ -645,10 +675,15 @@ class _ScenarioLoader:
                     cost,
                 )
         avg_updates: dict[str, Decimal] = {}
+        pending: list[tuple[str, ...]] = []
         sku_qty: dict[str, Decimal] = defaultdict(Decimal)
         for r in sc.receipts:
             if not r.posted_to_sage:
-                continue  # not in Sage yet: only the WMS knows about it
+                # not in Sage yet; kept so a desktop user can post it later (POST /_sandbox/goods_in)
+                pending.append(
+                    (r.reference, r.sku, r.warehouse, txt(r.quantity), txt(r.unit_cost), iso(r.expected))
+                )
+                continue
             h = self.holding(r.sku, r.warehouse)
             if self.is_stock[r.sku] and self.method[r.sku] == "Average":
                 if not sku_qty:
@@ -686,6 +721,7 @@ class _ScenarioLoader:
             "UPDATE products SET average_buying_price = ? WHERE code = ?",
             [(txt(v), sku) for sku, v in avg_updates.items()],
         )
+        self.conn.executemany("INSERT OR REPLACE INTO pending_receipts VALUES (?,?,?,?,?,?)", pending)
 
     def load_orders(self) -> None:
         sc, now = self.sc, self.now
@@ -833,9 +869,10 @@ class _ScenarioLoader:
             free_by_product[pid] += dec(q["free_stock_available"])
             rows.append((h["id"], wid, pid, wh_names[wid], *q.values(), self.now, self.now))
         self.conn.executemany(
-            "INSERT INTO warehouse_holdings (id, warehouse_id, product_id, warehouse_name, confirmed_qty_in_stock,"
-            " unconfirmed_qty_in_stock, quantity_in_stock, quantity_reserved, quantity_in_stock_less_reserved,"
-            " quantity_allocated_stock, quantity_allocated_sop, quantity_allocated_bom, quantity_allocated,"
+            "INSERT INTO warehouse_holdings (id, warehouse_id, product_id, warehouse_name,"
+            " confirmed_qty_in_stock, unconfirmed_qty_in_stock, quantity_in_stock, quantity_reserved,"
+            " quantity_in_stock_less_reserved, quantity_allocated_stock, quantity_allocated_sop,"
+            " quantity_allocated_bom, quantity_allocated,"
             " free_stock_available, free_stock_available_less_reserved, date_time_created, date_time_updated)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
