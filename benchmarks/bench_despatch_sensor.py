@@ -9,7 +9,8 @@ fresh simulator on loopback, and times:
 
 - the first tick (no cursor: every despatch is read and requested),
 - a steady-state tick (cursor saved; the look-back window is re-read, nothing is new),
-- the sensor's own work (dedupe, hashing, cursor JSON) on the same events without HTTP.
+- the sensor's own work (dedupe, hashing, cursor JSON) on the same events without HTTP,
+- with --compare-verified, the same read by the ingest client (one extra GET per order id).
 
 Dagster's sensor timeout is 60 s. A script, not a test: it prints figures and asserts nothing.
 """
@@ -93,6 +94,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--orders", type=int, default=20_000)
     parser.add_argument("--skus", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--compare-verified",
+        action="store_true",
+        help="also time the ingest client's read, which checks every order id with a GET of its own",
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -131,6 +137,16 @@ def main(argv: list[str]) -> int:
                 "steady tick (look-back re-read, none new)", lambda: evaluate(wms, cursor)
             )
             print(f"  {steady.read:,} events re-read, {len(steady.new_events)} new", flush=True)
+
+            if args.compare_verified:
+
+                def full_read(cursor: str | None) -> int:
+                    with wms.client() as client:
+                        return len(client.despatches_since(cursor).records)
+
+                wms_cursor = first.cursor.wms
+                timed("ingest client read, no cursor (look-ups on)", lambda: full_read(None))
+                timed("ingest client read, look-back (look-ups on)", lambda: full_read(wms_cursor))
 
             _BATCH.append(Batch[DespatchEvent](records=list(first.new_events)))
             replay = _ReplayResource(base_url="http://unused", password="x")

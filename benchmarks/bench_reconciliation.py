@@ -28,6 +28,7 @@ from sage_wms_pipeline.domain.parity import stock_parity
 from sage_wms_pipeline.domain.policy import Policy
 from sage_wms_pipeline.domain.valuation import valuation_deltas
 from sage_wms_pipeline.storage import schemas
+from sage_wms_pipeline.storage.db import Database
 
 E5 = 10**5
 CUT = pd.Timestamp("2026-11-30T18:00:00Z")
@@ -273,6 +274,13 @@ def main() -> None:
     ap.add_argument("--skus", type=int, default=333_334)
     ap.add_argument("--warehouses", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--db",
+        action="append",
+        default=[],
+        help="also time replace_table of the results into "
+        "this SQLAlchemy URL (repeatable), e.g. sqlite:////tmp/bench.sqlite",
+    )
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -338,6 +346,21 @@ def main() -> None:
         status = "match" if mine[key] == theirs[key] else f"DIFFER pandas={mine[key]} duckdb={theirs[key]}"
         print(f"cross-check {key}: {status}")
     schemas.StockParity.validate(parity.head(1000))
+    for url in args.db:
+        db = Database(url)
+        db.migrate()
+        for name, frame in (
+            ("stock_parity", parity),
+            ("valuation_deltas", res["detail"]),
+            ("available_stock", avail),
+        ):
+            t = time.perf_counter()
+            db.replace_table(name, frame)
+            print(
+                f"replace_table {name} ({len(frame):,} rows, validated) into {db.dialect}: "
+                f"{time.perf_counter() - t:.1f} s"
+            )
+        db.dispose()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ despatch_posting_job = dg.define_asset_job(
     name="despatch_posting_job",
     description="Post WMS despatches (or orders at the pick/pack trigger) to Sage through the outbox, "
     "then read Sage's despatches back.",
-    selection=dg.AssetSelection.assets("wms_despatches", "wms_orders", "despatch_postings", "sage_despatches"),
+    selection=dg.AssetSelection.assets(
+        "wms_despatches", "wms_orders", "despatch_postings", "sage_despatches"
+    ),
 )
 
 stock_adjustment_job = dg.define_asset_job(

@@ -18,6 +18,41 @@ from sage_wms_pipeline.storage import schemas
 NOT_ALLOCATING = frozenset({"DESPATCHED", "CANCELLED", "INVOICED", "INVOICEDFAILED"})
 
 
+def _with_allocations(stock: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
+    """stock + wms_allocated_e5 (summed open lines), plus rows for allocations with no stock row.
+
+    Keys are factorised once into integers so the sum and the join run on int64, not strings."""
+    n = len(stock)
+    codes, uniq = pd.factorize(pd.concat([stock["wms_sku"], live["wms_sku"]], ignore_index=True))
+    wh = np.concatenate(
+        [stock["wms_warehouse_id"].to_numpy(np.int64), live["wms_warehouse_id"].to_numpy(np.int64)]
+    )
+    span = int(wh.max()) + 1 if len(wh) else 1
+    key = codes.astype(np.int64) * span + wh
+    stock_key = pd.Index(key[:n])
+    if not stock_key.is_unique:
+        raise ValueError("wms_stock: (wms_sku, wms_warehouse_id) must be unique")
+    sums = pd.Series(live["quantity_e5"].to_numpy(np.int64)).groupby(key[n:], sort=False).sum()
+    pos = stock_key.get_indexer(sums.index)
+    allocated = np.zeros(n, dtype=np.int64)
+    allocated[pos[pos >= 0]] = sums.to_numpy()[pos >= 0]
+    out = stock.assign(wms_allocated_e5=allocated)
+    orphan = sums[pos < 0]
+    if len(orphan):
+        k = orphan.index.to_numpy(np.int64)
+        extra = pd.DataFrame(
+            {
+                "wms_sku": np.asarray(uniq, dtype=object)[k // span],
+                "wms_warehouse_id": k % span,
+                "sellable_e5": 0,
+                "quarantine_e5": 0,
+                "wms_allocated_e5": orphan.to_numpy(),
+            }
+        )
+        out = pd.concat([out, extra], ignore_index=True)
+    return out
+
+
 def available_stock(
     wms_stock: pd.DataFrame,
     open_allocations: pd.DataFrame,
@@ -33,18 +68,10 @@ def available_stock(
         if sage_holdings is not None:
             sage_holdings = schemas.SageHoldings.validate(sage_holdings)
 
-    live = open_allocations[~open_allocations["wms_status"].str.upper().isin(NOT_ALLOCATING)]
-    alloc = (
-        live.groupby(["wms_sku", "wms_warehouse_id"], sort=False, observed=True)["quantity_e5"]
-        .sum()
-        .rename("wms_allocated_e5")
-        .reset_index()
-    )
-    df = wms_stock[["wms_sku", "wms_warehouse_id", "sellable_e5", "quarantine_e5"]].merge(
-        alloc, on=["wms_sku", "wms_warehouse_id"], how="outer"
-    )
-    for col in ("sellable_e5", "quarantine_e5", "wms_allocated_e5"):
-        df[col] = df[col].fillna(0).astype(np.int64)
+    status = open_allocations["wms_status"]
+    holding = [v for v in status.unique() if str(v).upper() not in NOT_ALLOCATING]
+    live = open_allocations[status.isin(holding)]
+    df = _with_allocations(wms_stock[["wms_sku", "wms_warehouse_id", "sellable_e5", "quarantine_e5"]], live)
     df["wms_available_e5"] = df["sellable_e5"] - df["wms_allocated_e5"]
     df["available_e5"] = df["wms_available_e5"]
     df = to_sage_keys(df, policy, ["available_e5"])
@@ -60,4 +87,6 @@ def available_stock(
         df["sage_free_stock_e5"] = pd.array([pd.NA] * len(df), dtype="Int64")
     df["difference_e5"] = df["available_e5"].astype("Int64") - df["sage_free_stock_e5"]
     cols = list(schemas.AvailableStock.to_schema().columns)
-    return df[cols].reset_index(drop=True)
+    out = df[cols]
+    out.index = pd.RangeIndex(len(out))  # relabel without copying
+    return out

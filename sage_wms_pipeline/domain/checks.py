@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
 from sage_wms_pipeline.domain.units import PENCE_PER_GBP, QTY_SCALE
 
@@ -836,3 +838,131 @@ def pandera_contract(
         figures={"rows_checked": len(frame), "failure_cases": 0},
         row_limit=row_limit,
     )
+
+
+# ------------------------------------------------------------ contracts of the operational tables
+#
+# `storage.schemas` guards the derived tables; these guard the tables the pipeline keeps running on
+# (outbox, exceptions, manifests) and the raw snapshots, as stored (NUMERIC columns come back Decimal).
+
+
+def _decimals(series: pd.Series) -> pd.Series:
+    return series.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else Decimal(v))
+
+
+def _ge_zero(series: pd.Series) -> pd.Series:
+    return _decimals(series).map(lambda v: v is not None and v >= 0)
+
+
+class OutboxContract(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    dedupe_key: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
+    document_no: Series[str] = pa.Field(str_length={"min_value": 1})
+    line_id: Series[int]
+    sku: Series[str] = pa.Field(str_length={"min_value": 1})
+    warehouse: Series[str] = pa.Field(str_length={"min_value": 1})
+    quantity: Series[object]
+    state: Series[str] = pa.Field(isin=["pending", "posting", "posted", "deferred", "stuck"])
+    attempts: Series[int] = pa.Field(ge=0)
+
+    class Config:
+        coerce = True
+
+    @pa.check("quantity", name="quantity > 0")
+    def _positive(cls, s: pd.Series) -> pd.Series:
+        return _decimals(s).map(lambda v: v is not None and v > 0)
+
+    @pa.dataframe_check(name="posted rows carry posted_at")
+    def _posted_at(cls, df: pd.DataFrame) -> pd.Series:
+        return (df["state"] != "posted") | df["posted_at"].notna()
+
+    @pa.dataframe_check(name="deferred rows carry next_attempt_at")
+    def _next_attempt(cls, df: pd.DataFrame) -> pd.Series:
+        return (df["state"] != "deferred") | df["next_attempt_at"].notna()
+
+
+class SyncExceptionsContract(pa.DataFrameModel):
+    kind: Series[str] = pa.Field(str_length={"min_value": 1})
+    record: Series[str] = pa.Field(str_length={"min_value": 1})
+    owner: Series[str] = pa.Field(isin=["finance", "operations"])
+    resolved: Series[bool]
+
+    class Config:
+        coerce = True
+        unique = ["kind", "record"]  # noqa: RUF012 - pandera reads it as config
+
+    @pa.dataframe_check(name="first_seen <= last_seen")
+    def _seen_in_order(cls, df: pd.DataFrame) -> pd.Series:
+        return pd.to_datetime(df["first_seen"], utc=True) <= pd.to_datetime(df["last_seen"], utc=True)
+
+    @pa.dataframe_check(name="resolved rows carry resolved_at")
+    def _resolved_at(cls, df: pd.DataFrame) -> pd.Series:
+        return ~df["resolved"].astype(bool) | df["resolved_at"].notna()
+
+
+class OrderManifestsContract(pa.DataFrameModel):
+    order_number: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
+    sage_order_id: Series[int]
+    sage_document_no: Series[str] = pa.Field(str_length={"min_value": 1})
+    part: Series[int] = pa.Field(ge=1)
+    wms_warehouse_id: Series[int] = pa.Field(ge=1)
+    total: Series[object]
+
+    class Config:
+        coerce = True
+
+    @pa.check("total", name="total >= 0")
+    def _total(cls, s: pd.Series) -> pd.Series:
+        return _ge_zero(s)
+
+    @pa.dataframe_check(name="sent manifests carry the WMS order id")
+    def _sent(cls, df: pd.DataFrame) -> pd.Series:
+        return df["sent_at"].isna() | df["wms_order_id"].notna()
+
+
+class SageHoldingsContract(pa.DataFrameModel):
+    sku: Series[str] = pa.Field(str_length={"min_value": 1})
+    warehouse: Series[str] = pa.Field(str_length={"min_value": 1})
+    confirmed_qty_in_stock: Series[object]
+    unconfirmed_qty_in_stock: Series[object]
+    quantity_in_stock: Series[object]
+    quantity_allocated: Series[object]
+    free_stock_available: Series[object]
+
+    class Config:
+        coerce = True
+        unique = ["sku", "warehouse"]  # noqa: RUF012 - pandera reads it as config
+
+    @pa.dataframe_check(name="quantity_in_stock = confirmed + unconfirmed")
+    def _in_stock(cls, df: pd.DataFrame) -> pd.Series:
+        total = _decimals(df["confirmed_qty_in_stock"]) + _decimals(df["unconfirmed_qty_in_stock"])
+        return total == _decimals(df["quantity_in_stock"])
+
+    @pa.check("quantity_allocated", name="quantity_allocated >= 0")
+    def _allocated(cls, s: pd.Series) -> pd.Series:
+        return _ge_zero(s)
+
+
+class WmsStockContract(pa.DataFrameModel):
+    wms_sku: Series[str] = pa.Field(str_length={"min_value": 1})
+    wms_warehouse_id: Series[int] = pa.Field(ge=1)
+    level: Series[object]
+    quarantine: Series[object]
+    allocated: Series[object]
+
+    class Config:
+        coerce = True
+        unique = ["wms_sku", "wms_warehouse_id"]  # noqa: RUF012 - pandera reads it as config
+
+    @pa.check("level", "quarantine", "allocated", name=">= 0")
+    def _not_negative(cls, s: pd.Series) -> pd.Series:
+        return _ge_zero(s)
+
+
+OPERATIONAL_CONTRACTS: dict[str, type[pa.DataFrameModel]] = {
+    "despatch_outbox": OutboxContract,
+    "sync_exceptions": SyncExceptionsContract,
+    "order_manifests": OrderManifestsContract,
+    "sage_holdings": SageHoldingsContract,
+    "wms_stock": WmsStockContract,
+}

@@ -40,34 +40,47 @@ def _join_issue(a: pd.Series, b: pd.Series) -> pd.Series:
     return out.where(~both, a.fillna("") + "; " + b.fillna(""))
 
 
+def _resolve_wms_skus(uniq: np.ndarray, policy: Policy) -> pd.DataFrame:
+    """For distinct WMS SKUs: Sage sku, factor, abc_class, issue (None when mapped)."""
+    skus = sku_frame(policy)
+    u = pd.DataFrame({"wms_sku": uniq}).merge(skus, on="wms_sku", how="left")
+    missing = u["sku"].isna().to_numpy()
+    issue = np.full(len(u), None, dtype=object)
+    if missing.any():
+        claimed = u["wms_sku"].isin(skus["sku"]).to_numpy()
+        flagged = missing & ~(policy.sku_identity_fallback & ~claimed)
+        sku = u["sku"].to_numpy(dtype=object).copy()
+        sku[missing] = u["wms_sku"].to_numpy(dtype=object)[missing]
+        # A flagged code gets its own key so it never merges into a mapped product's row.
+        sku[flagged] = "WMS:" + u["wms_sku"].to_numpy(dtype=object)[flagged]
+        u["sku"] = sku
+        u["factor"] = u["factor"].fillna(1)
+        issue[flagged] = UNMAPPED_WMS_SKU
+    u["factor"] = u["factor"].astype(np.int64)
+    u["mapping_issue"] = issue
+    return u
+
+
 def to_sage_keys(frame: pd.DataFrame, policy: Policy, qty_columns: list[str]) -> pd.DataFrame:
     """Add sku, warehouse, factor, abc_class, mapping_issue; convert qty_columns to Sage units (5 dp).
 
     An unmapped SKU falls back to the same code 1:1 when the policy allows it and the code is not
     the Sage side of another mapping; otherwise it keeps its WMS code and is flagged.
     """
-    skus = sku_frame(policy)
-    out = frame.merge(skus, on="wms_sku", how="left")
-    missing = out["sku"].isna()
-    if missing.any():
-        claimed = out["wms_sku"].isin(skus["sku"])
-        identity = missing & (policy.sku_identity_fallback & ~claimed)
-        out.loc[missing, "sku"] = out.loc[missing, "wms_sku"]
-        # A flagged code gets its own key so it never merges into a mapped product's row.
-        out.loc[missing & ~identity, "sku"] = "WMS:" + out.loc[missing & ~identity, "wms_sku"]
-        out.loc[missing, "factor"] = 1
-        out["mapping_issue"] = pd.Series(
-            np.where(missing & ~identity, UNMAPPED_WMS_SKU, None), index=out.index, dtype=object
-        )
-    else:
-        out["mapping_issue"] = pd.Series(None, index=out.index, dtype=object)
-    out["factor"] = out["factor"].astype(np.int64)
+    # Resolve each distinct code once, then spread by integer position: no per-row string joins.
+    codes, uniq = pd.factorize(frame["wms_sku"])
+    u = _resolve_wms_skus(np.asarray(uniq, dtype=object), policy)
+    out = frame.copy(deep=False)  # new columns only; the caller's frame is untouched
+    for col in ("sku", "factor", "abc_class", "mapping_issue"):
+        out[col] = u[col].to_numpy()[codes]
 
-    whs = warehouse_frame(policy)
-    out = out.merge(whs, on="wms_warehouse_id", how="left")
-    wh_missing = out["warehouse"].isna()
-    if wh_missing.any():
-        out.loc[wh_missing, "warehouse"] = "WMS:" + out.loc[wh_missing, "wms_warehouse_id"].astype(str)
+    wh_codes, wh_uniq = pd.factorize(frame["wms_warehouse_id"])
+    names = {w.wms_warehouse_id: w.sage_name for w in policy.warehouses}
+    wh_names = np.array([names.get(int(w), f"WMS:{int(w)}") for w in wh_uniq], dtype=object)
+    out["warehouse"] = wh_names[wh_codes] if len(wh_names) else np.array([], dtype=object)
+    unknown = np.array([int(w) not in names for w in wh_uniq], dtype=bool)
+    if unknown.any():
+        wh_missing = unknown[wh_codes]
         issue = pd.Series(np.where(wh_missing, UNMAPPED_WMS_WAREHOUSE, None), index=out.index, dtype=object)
         out["mapping_issue"] = _join_issue(out["mapping_issue"], issue)
 

@@ -7,7 +7,9 @@ taken from a scenario (``Policy.with_scenario_mappings``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,16 +120,16 @@ class Policy(_Strict):
 
     # --- look-ups -------------------------------------------------------------------------
     def wms_warehouse_id(self, sage_name: str) -> int:
-        for w in self.warehouses:
-            if w.sage_name == sage_name:
-                return w.wms_warehouse_id
-        raise KeyError(f"warehouse {sage_name!r} has no WMS mapping in the policy")
+        try:
+            return self._warehouse_index[0][sage_name]
+        except KeyError:
+            raise KeyError(f"warehouse {sage_name!r} has no WMS mapping in the policy") from None
 
     def sage_warehouse(self, wms_warehouse_id: int) -> str:
-        for w in self.warehouses:
-            if w.wms_warehouse_id == wms_warehouse_id:
-                return w.sage_name
-        raise KeyError(f"WMS warehouse {wms_warehouse_id} has no Sage mapping in the policy")
+        try:
+            return self._warehouse_index[1][wms_warehouse_id]
+        except KeyError:
+            raise KeyError(f"WMS warehouse {wms_warehouse_id} has no Sage mapping in the policy") from None
 
     def sku_for_sage(self, sage_code: str) -> SkuMapping | None:
         found = self._by_sage().get(sage_code)
@@ -141,11 +143,29 @@ class Policy(_Strict):
             return SkuMapping(sage_code=wms_sku, wms_sku=wms_sku)
         return found
 
+    # Built once per (immutable) policy: look-ups run per despatch line.
+    @cached_property
+    def _sku_index(self) -> tuple[dict[str, SkuMapping], dict[str, SkuMapping]]:
+        return {s.sage_code: s for s in self.skus}, {s.wms_sku: s for s in self.skus}
+
+    @cached_property
+    def _warehouse_index(self) -> tuple[dict[str, int], dict[int, str]]:
+        return (
+            {w.sage_name: w.wms_warehouse_id for w in self.warehouses},
+            {w.wms_warehouse_id: w.sage_name for w in self.warehouses},
+        )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Policy:
+        copy = super().model_copy(update=update, deep=deep)
+        for cached in ("_sku_index", "_warehouse_index"):  # a copy may change the mappings
+            copy.__dict__.pop(cached, None)
+        return copy
+
     def _by_sage(self) -> dict[str, SkuMapping]:
-        return {s.sage_code: s for s in self.skus}
+        return self._sku_index[0]
 
     def _by_wms(self) -> dict[str, SkuMapping]:
-        return {s.wms_sku: s for s in self.skus}
+        return self._sku_index[1]
 
     def tolerance_for(self, product_group: str | None, abc_class: str | None) -> Tolerance:
         """Product-group rule first, then ABC class, then the default."""

@@ -126,7 +126,8 @@ def valuation_deltas(
     materiality_pence = int(policy.tolerances.value_materiality_gbp * 100)
     df["material"] = np.abs(unexplained) > materiality_pence
 
-    detail = df[list(schemas.ValuationDetail.to_schema().columns)].reset_index(drop=True)
+    detail = df[list(schemas.ValuationDetail.to_schema().columns)]
+    detail.index = pd.RangeIndex(len(detail))  # relabel without copying
     summary = summarise(detail)
     check_tie_out(detail, summary)
     return detail, summary

@@ -133,8 +133,10 @@ class Database:
         missing = [c for c in cols if c not in df.columns]
         extra = [c for c in df.columns if c not in cols]
         if missing or extra:
-            raise StorageError(f"{name}: frame refused, nothing written: missing columns {missing}, "
-                               f"unexpected columns {extra}")
+            raise StorageError(
+                f"{name}: frame refused, nothing written: missing columns {missing}, "
+                f"unexpected columns {extra}"
+            )
         for c in table.columns:
             if not c.nullable and df[c.name].isna().any():
                 row = int(np.flatnonzero(df[c.name].isna().to_numpy())[0])
@@ -148,25 +150,34 @@ class Database:
         table = self._table(name)
         df = self._checked(name, df, table)
         columns = tables.frame_columns(table)
-        data = [_python_values(df[c]) for c in columns]
+        # Timestamp columns are converted in bulk here; everything else goes through the column type.
+        ready = {c for c in columns if _is_datetime64(df[c])}
+        data = [
+            _timestamps(df[c], as_sqlite_text=self.dialect == "sqlite")
+            if c in ready
+            else _python_values(df[c])
+            for c in columns
+        ]
         try:
             with self.write() as conn:
                 conn.execute(table.delete())
                 if len(df):
                     if self.dialect == "postgresql":
-                        self._copy_rows(conn, table, columns, data)
+                        self._copy_rows(conn, table, columns, data, ready)
                     else:
-                        self._insert_rows(conn, table, columns, data)
+                        self._insert_rows(conn, table, columns, data, ready)
         except (sa.exc.DBAPIError, psycopg.Error) as exc:
             first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise StorageError(f"{name}: write failed, previous table kept: {first_line}") from exc
         return len(df)
 
     def _insert_rows(
-        self, conn: sa.Connection, table: sa.Table, cols: list[str], data: list[list[Any]]
+        self, conn: sa.Connection, table: sa.Table, cols: list[str], data: list[list[Any]], ready: set[str]
     ) -> None:
         dialect = conn.dialect
         for i, c in enumerate(cols):
+            if c in ready:
+                continue
             proc = table.c[c].type.bind_processor(dialect)
             if proc is not None:
                 data[i] = [proc(v) for v in data[i]]
@@ -180,11 +191,11 @@ class Database:
             conn.exec_driver_sql(sql, rows[start : start + 50_000])
 
     def _copy_rows(
-        self, conn: sa.Connection, table: sa.Table, cols: list[str], data: list[list[Any]]
+        self, conn: sa.Connection, table: sa.Table, cols: list[str], data: list[list[Any]], ready: set[str]
     ) -> None:
         for i, c in enumerate(cols):
             t = table.c[c].type
-            if isinstance(t, sa.types.TypeDecorator):
+            if isinstance(t, sa.types.TypeDecorator) and c not in ready:
                 data[i] = [t.process_bind_param(v, conn.dialect) for v in data[i]]
         prep = conn.dialect.identifier_preparer
         sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) FROM STDIN"
@@ -225,8 +236,12 @@ class Database:
         row = {"name": name, "value": value, "updated_at": _now(now)}
         with self.write() as conn:
             ins = self._insert(conn, tables.ingest_cursors).values(row)
-            conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_={
-                "value": ins.excluded.value, "updated_at": ins.excluded.updated_at}))
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at},
+                )
+            )
 
     def quarantine(
         self,
@@ -238,12 +253,18 @@ class Database:
         now: datetime | None = None,
     ) -> None:
         with self.write() as conn:
-            conn.execute(tables.wms_quarantine.insert().values(
-                source=source, record_key=record_key, reason=reason,
-                raw=raw if isinstance(raw, str) else jsonutil.dumps(raw), received_at=_now(now)))
+            conn.execute(
+                tables.wms_quarantine.insert().values(
+                    source=source,
+                    record_key=record_key,
+                    reason=reason,
+                    raw=raw if isinstance(raw, str) else jsonutil.dumps(raw),
+                    received_at=_now(now),
+                )
+            )
 
     def _insert(self, conn: sa.Connection, table: sa.Table) -> Any:
-        return (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
+        return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
     # --- sync exceptions -----------------------------------------------------------------
     def record_exception(
@@ -265,14 +286,27 @@ class Database:
                 self.record_exception(kind, record, context, owner, now=t, conn=c)
             return
         ins = self._insert(conn, tables.sync_exceptions).values(
-            kind=kind, record=record, context=jsonutil.dumps(dict(context)), owner=owner,
-            first_seen=t, last_seen=t, resolved=False, resolved_at=None,
+            kind=kind,
+            record=record,
+            context=jsonutil.dumps(dict(context)),
+            owner=owner,
+            first_seen=t,
+            last_seen=t,
+            resolved=False,
+            resolved_at=None,
         )
-        conn.execute(ins.on_conflict_do_update(
-            index_elements=["kind", "record"],
-            set_={"context": ins.excluded.context, "owner": ins.excluded.owner,
-                  "last_seen": ins.excluded.last_seen, "resolved": False, "resolved_at": None},
-        ))
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=["kind", "record"],
+                set_={
+                    "context": ins.excluded.context,
+                    "owner": ins.excluded.owner,
+                    "last_seen": ins.excluded.last_seen,
+                    "resolved": False,
+                    "resolved_at": None,
+                },
+            )
+        )
 
     def resolve_exceptions(self, kind: str, still_open: Iterable[str], *, now: datetime | None = None) -> int:
         """Mark resolved every open exception of ``kind`` whose record is not in ``still_open``."""
@@ -299,20 +333,38 @@ class Database:
         created = []
         with self.write() as conn:
             for m in plan.manifests:
-                ins = self._insert(conn, tables.order_manifests).values(
-                    order_number=m.order_number, sage_order_id=m.sage_order_id,
-                    sage_document_no=m.sage_document_no, part=m.part, warehouse=m.warehouse,
-                    wms_warehouse_id=m.wms_warehouse_id, total=m.total,
-                    lines=jsonutil.dumps([line.model_dump() for line in m.lines]), created_at=t,
-                ).on_conflict_do_nothing(index_elements=["order_number"])
+                ins = (
+                    self._insert(conn, tables.order_manifests)
+                    .values(
+                        order_number=m.order_number,
+                        sage_order_id=m.sage_order_id,
+                        sage_document_no=m.sage_document_no,
+                        part=m.part,
+                        warehouse=m.warehouse,
+                        wms_warehouse_id=m.wms_warehouse_id,
+                        total=m.total,
+                        lines=jsonutil.dumps([line.model_dump() for line in m.lines]),
+                        created_at=t,
+                    )
+                    .on_conflict_do_nothing(index_elements=["order_number"])
+                )
                 if conn.execute(ins.returning(tables.order_manifests.c.order_number)).first():
                     created.append(m.order_number)
             for e in plan.excluded:
-                conn.execute(self._insert(conn, tables.order_manifest_excluded).values(
-                    sage_order_id=e.sage_order_id, sage_line_id=e.sage_line_id,
-                    sage_document_no=e.sage_document_no, line_type=e.line_type, code=e.code,
-                    description=e.description[:200], reason=e.reason, line_total=e.line_total,
-                ).on_conflict_do_nothing(index_elements=["sage_order_id", "sage_line_id"]))
+                conn.execute(
+                    self._insert(conn, tables.order_manifest_excluded)
+                    .values(
+                        sage_order_id=e.sage_order_id,
+                        sage_line_id=e.sage_line_id,
+                        sage_document_no=e.sage_document_no,
+                        line_type=e.line_type,
+                        code=e.code,
+                        description=e.description[:200],
+                        reason=e.reason,
+                        line_total=e.line_total,
+                    )
+                    .on_conflict_do_nothing(index_elements=["sage_order_id", "sage_line_id"])
+                )
         return created
 
     def mark_manifest_sent(
@@ -320,10 +372,14 @@ class Database:
     ) -> bool:
         t = tables.order_manifests
         with self.write() as conn:
-            return conn.execute(
-                t.update().where(t.c.order_number == order_number, t.c.sent_at.is_(None))
-                .values(wms_order_id=wms_order_id, sent_at=_now(now))
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    t.update()
+                    .where(t.c.order_number == order_number, t.c.sent_at.is_(None))
+                    .values(wms_order_id=wms_order_id, sent_at=_now(now))
+                ).rowcount
+                == 1
+            )
 
     # --- despatch outbox -----------------------------------------------------------------
     def outbox_add(self, postings: Iterable[Mapping[str, Any]], *, now: datetime | None = None) -> list[str]:
@@ -342,29 +398,46 @@ class Database:
                     if isinstance(qty, float) or Decimal(qty) <= 0:
                         raise ValueError(f"quantity {qty!r} must be a positive Decimal")
                     values = {
-                        "dedupe_key": str(p["dedupe_key"]), "order_id": int(p["order_id"]),
-                        "document_no": str(p["document_no"]), "line_id": int(p["line_id"]),
-                        "sku": str(p["sku"]), "warehouse": str(p["warehouse"]), "quantity": Decimal(qty),
+                        "dedupe_key": str(p["dedupe_key"]),
+                        "order_id": int(p["order_id"]),
+                        "document_no": str(p["document_no"]),
+                        "line_id": int(p["line_id"]),
+                        "sku": str(p["sku"]),
+                        "warehouse": str(p["warehouse"]),
+                        "quantity": Decimal(qty),
                         "source": jsonutil.dumps(p.get("source", {})),
                     }
                 except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
                     raise StorageError(
                         f"despatch_outbox: posting {i} ({p.get('dedupe_key', '?')}): {exc}; nothing added"
                     ) from None
-                ins = self._insert(conn, out).values(
-                    **values, state="pending", attempts=0, created_at=t, updated_at=t, next_attempt_at=t
-                ).on_conflict_do_nothing(index_elements=["dedupe_key"])
+                ins = (
+                    self._insert(conn, out)
+                    .values(
+                        **values, state="pending", attempts=0, created_at=t, updated_at=t, next_attempt_at=t
+                    )
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                )
                 if conn.execute(ins.returning(out.c.dedupe_key)).first() is not None:
                     added.append(values["dedupe_key"])
         return added
 
     def outbox_claim(
-        self, worker: str, *, limit: int = 50, lease: timedelta | None = None, now: datetime | None = None
+        self,
+        worker: str,
+        *,
+        limit: int = 50,
+        lease: timedelta | None = None,
+        policy: Policy | None = None,
+        now: datetime | None = None,
     ) -> list[Row]:
         """Claim up to ``limit`` due rows for ``worker``: pending/deferred and due, or posting with
-        an expired lease (its worker died). Each claimed row gets a fresh claim_token."""
+        an expired lease (its worker died). Each claimed row gets a fresh claim_token.
+
+        The lease is ``lease``, else the policy's ``outbox.lease_seconds``, else 300 s."""
         t = _now(now)
-        lease = lease or timedelta(seconds=300)
+        if lease is None:
+            lease = timedelta(seconds=policy.outbox.lease_seconds if policy is not None else 300)
         out = tables.despatch_outbox
         due = sa.or_(
             sa.and_(out.c.state.in_(ob.CLAIMABLE), out.c.next_attempt_at <= t),
@@ -378,8 +451,14 @@ class Database:
             out.update()
             # The due predicate again: on SQLite the statement is atomic, on PostgreSQL belt and braces.
             .where(out.c.id.in_(pick.scalar_subquery()), due)
-            .values(state="posting", claimed_by=worker, claim_token=token, lease_expires_at=t + lease,
-                    attempts=out.c.attempts + 1, updated_at=t)
+            .values(
+                state="posting",
+                claimed_by=worker,
+                claim_token=token,
+                lease_expires_at=t + lease,
+                attempts=out.c.attempts + 1,
+                updated_at=t,
+            )
             .returning(*out.c)
         )
         with self.write() as conn:
@@ -391,11 +470,22 @@ class Database:
         out = tables.despatch_outbox
         t = _now(now)
         with self.write() as conn:
-            return conn.execute(
-                out.update().where(out.c.dedupe_key == dedupe_key, out.c.state != "posted").values(
-                    state="posted", posted_at=t, updated_at=t, claim_token=None, lease_expires_at=None,
-                    next_attempt_at=None, last_error=None)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    out.update()
+                    .where(out.c.dedupe_key == dedupe_key, out.c.state != "posted")
+                    .values(
+                        state="posted",
+                        posted_at=t,
+                        updated_at=t,
+                        claim_token=None,
+                        lease_expires_at=None,
+                        next_attempt_at=None,
+                        last_error=None,
+                    )
+                ).rowcount
+                == 1
+            )
 
     def outbox_fail(
         self,
@@ -413,26 +503,50 @@ class Database:
         t = _now(now)
         with self.write() as conn:
             row = conn.execute(
-                sa.select(out).where(out.c.dedupe_key == dedupe_key, out.c.claim_token == claim_token,
-                                     out.c.state == "posting")
+                sa.select(out).where(
+                    out.c.dedupe_key == dedupe_key, out.c.claim_token == claim_token, out.c.state == "posting"
+                )
             ).first()
             if row is None:
                 return None
             r = row._asdict()
-            decision = ob.after_failure(kind, attempts=r["attempts"], created_at=r["created_at"], now=t,
-                                        policy=policy, error=error, key=dedupe_key)
+            decision = ob.after_failure(
+                kind,
+                attempts=r["attempts"],
+                created_at=r["created_at"],
+                now=t,
+                policy=policy,
+                error=error,
+                key=dedupe_key,
+            )
             conn.execute(
-                out.update().where(out.c.id == r["id"], out.c.claim_token == claim_token).values(
-                    state=decision.state, next_attempt_at=decision.next_attempt_at,
-                    last_error=decision.reason, claim_token=None, lease_expires_at=None, updated_at=t)
+                out.update()
+                .where(out.c.id == r["id"], out.c.claim_token == claim_token)
+                .values(
+                    state=decision.state,
+                    next_attempt_at=decision.next_attempt_at,
+                    last_error=decision.reason,
+                    claim_token=None,
+                    lease_expires_at=None,
+                    updated_at=t,
+                )
             )
             if decision.state == "stuck":
                 self.record_exception(
-                    "despatch_stuck", dedupe_key,
-                    {"document_no": r["document_no"], "line_id": r["line_id"], "sku": r["sku"],
-                     "warehouse": r["warehouse"], "quantity": r["quantity"], "attempts": r["attempts"],
-                     "error": decision.reason},
-                    "finance" if kind == "refused" else "operations", now=t, conn=conn,
+                    "despatch_stuck",
+                    dedupe_key,
+                    {
+                        "document_no": r["document_no"],
+                        "line_id": r["line_id"],
+                        "sku": r["sku"],
+                        "warehouse": r["warehouse"],
+                        "quantity": r["quantity"],
+                        "attempts": r["attempts"],
+                        "error": decision.reason,
+                    },
+                    "finance" if kind == "refused" else "operations",
+                    now=t,
+                    conn=conn,
                 )
         return decision
 
@@ -441,10 +555,14 @@ class Database:
         out = tables.despatch_outbox
         t = _now(now)
         with self.write() as conn:
-            return conn.execute(
-                out.update().where(out.c.dedupe_key == dedupe_key, out.c.state == "stuck").values(
-                    state="pending", next_attempt_at=t, updated_at=t)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    out.update()
+                    .where(out.c.dedupe_key == dedupe_key, out.c.state == "stuck")
+                    .values(state="pending", next_attempt_at=t, updated_at=t)
+                ).rowcount
+                == 1
+            )
 
     def outbox_rows(self, *, state: str | None = None) -> list[Row]:
         out = tables.despatch_outbox
@@ -458,6 +576,25 @@ class Database:
 def _with_context(row: Row) -> Row:
     row["context"] = jsonutil.loads(row["context"])
     return row
+
+
+def _is_datetime64(s: pd.Series) -> bool:
+    return isinstance(s.dtype, pd.DatetimeTZDtype) or str(s.dtype).startswith("datetime64")
+
+
+def _timestamps(s: pd.Series, *, as_sqlite_text: bool) -> list[Any]:
+    """A datetime64 column as UTC values ready for the driver: SQLAlchemy's SQLite text form
+    (naive UTC, microseconds) or aware datetimes for PostgreSQL. Naive timestamps are refused."""
+    if not isinstance(s.dtype, pd.DatetimeTZDtype):
+        raise StorageError(f"column {s.name!r}: naive timestamps refused; use timezone-aware UTC")
+    utc = s.dt.tz_convert("UTC")
+    missing = utc.isna().to_numpy()
+    if as_sqlite_text:
+        values = utc.dt.strftime("%Y-%m-%d %H:%M:%S.%f").to_numpy(dtype=object)
+    else:
+        values = np.asarray(pd.DatetimeIndex(utc).to_pydatetime(), dtype=object)
+    values[missing] = None
+    return values.tolist()
 
 
 def _python_values(s: pd.Series) -> list[Any]:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +164,9 @@ def _post(url: str, body: Any) -> httpx.Response:
 def quiet(scenario: Scenario) -> Scenario:
     """The scenario with a warehouse that only does what it is told: no shrink, returns, short picks,
     cancellations or splits, so the only differences are the planted ones (and what tests do)."""
-    zero = {
-        "short_pick_rate": 0,
-        "split_rate": 0,
-        "cancel_after_print_rate": 0,
-        "return_rate": 0,
-        "shrink_rate": 0,
-    }
+    zero = dict.fromkeys(
+        ("short_pick_rate", "split_rate", "cancel_after_print_rate", "return_rate", "shrink_rate"), Decimal(0)
+    )
     return scenario.model_copy(update={"behaviour": scenario.behaviour.model_copy(update=zero)})
 
 

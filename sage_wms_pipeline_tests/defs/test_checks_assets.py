@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from sage_wms_pipeline.defs.checks import finance, fulfilment
+from sage_wms_pipeline.defs.checks import contracts, finance, fulfilment
 from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource
 from sage_wms_pipeline.domain.available_stock import available_stock
@@ -454,3 +454,34 @@ def test_checks_on_an_empty_database_pass(resources):
     ):
         assert check(parity_db=resources["parity_db"], policy=resources["policy"]).passed, check.name
     assert fulfilment.open_exceptions_by_owner(parity_db=resources["parity_db"]).passed
+    for check in [*finance.schema_checks, *contracts.contract_checks, finance.gx_data_contracts]:
+        assert check(parity_db=resources["parity_db"]).passed, check.name
+
+
+def test_operational_contracts_name_the_broken_rows(resources, policy):
+    db = resources["parity_db"].database()
+    db.outbox_add([_posting("k1", "SO0001001", 11, CUTOFF)])
+    with db.write() as conn:
+        # A row marked posted by hand, without the time it was posted.
+        conn.execute(tables.despatch_outbox.update().values(state="posted"))
+        conn.execute(
+            tables.sage_holdings.insert(),
+            {
+                "sku": "MUG-STONE",
+                "warehouse": "LEEDS",
+                "confirmed_qty_in_stock": Decimal(10),
+                "unconfirmed_qty_in_stock": Decimal(2),
+                "quantity_in_stock": Decimal(11),  # Sage's rule: confirmed + unconfirmed
+                "quantity_allocated": Decimal(0),
+                "free_stock_available": Decimal(11),
+                "snapshot_at": CUTOFF,
+            },
+        )
+    by_name = {next(iter(c.check_keys)).name: c for c in contracts.contract_checks}
+    outbox = by_name["despatch_outbox_contract"](parity_db=resources["parity_db"])
+    assert not outbox.passed and outbox.severity == dg.AssetCheckSeverity.ERROR
+    assert "posted rows carry posted_at" in outbox.metadata["rows_at_fault"].md_str
+    holdings = by_name["sage_holdings_contract"](parity_db=resources["parity_db"])
+    assert not holdings.passed
+    assert "quantity_in_stock = confirmed + unconfirmed" in holdings.metadata["rows_at_fault"].md_str
+    assert by_name["wms_stock_contract"](parity_db=resources["parity_db"]).passed

@@ -27,6 +27,11 @@ EXPECTED_CHECKS = {
     ("despatch_postings", "despatch_latency"): False,
     ("order_manifests", "manifest_totals"): False,
     ("sync_exceptions", "open_exceptions_by_owner"): False,
+    ("sync_exceptions", "sync_exceptions_contract"): False,
+    ("despatch_postings", "despatch_outbox_contract"): False,
+    ("order_manifests", "order_manifests_contract"): False,
+    ("sage_warehouse_holdings", "sage_holdings_contract"): False,
+    ("wms_stock_levels", "wms_stock_contract"): False,
 }
 
 

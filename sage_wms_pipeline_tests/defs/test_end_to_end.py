@@ -261,22 +261,6 @@ def test_demo_scenario_end_to_end(pipeline: Pipeline) -> None:
     run_full_cycle(pipeline, read_scenario(demo_scenario_path()))
 
 
-def without_booked_receipts(scenario: Scenario) -> Scenario:
-    """The scenario minus receipts already booked in at the WMS (and their planted drift): the Mintsoft
-    simulator does not yet add them to its level on load (see test_booked_receipts_are_timing_items)."""
-    booked = [r for r in scenario.receipts if r.booked_in_wms]
-    pairs = {(r.sku, r.warehouse) for r in booked}
-    return scenario.model_copy(
-        update={
-            "receipts": [r for r in scenario.receipts if not r.booked_in_wms],
-            "drift": [d for d in scenario.drift if d.kind != "received_not_in_sage"],
-            "expected": [
-                e for e in scenario.expected if not ((e.sku, e.warehouse) in pairs and e.cause == "timing")
-            ],
-        }
-    )
-
-
 def generated_pipeline(sandbox: Any, tmp_path: Path, scenario: Scenario, **db: Any) -> Pipeline:
     sandbox.load(scenario)
     policy = write_policy(load_policy(scenario=scenario), tmp_path / "policy.yaml")
@@ -289,7 +273,7 @@ def small_scenario(seed: int) -> Scenario:
 
 
 def test_generated_scenario_end_to_end(sandbox: Any, tmp_path: Path) -> None:
-    scenario = without_booked_receipts(small_scenario(11))
+    scenario = small_scenario(11)
     kinds = {d.kind for d in scenario.drift}
     assert {
         "despatched_not_posted",
@@ -302,22 +286,8 @@ def test_generated_scenario_end_to_end(sandbox: Any, tmp_path: Path) -> None:
     run_full_cycle(generated_pipeline(sandbox, tmp_path, scenario), scenario)
 
 
-@pytest.mark.xfail(
-    reason="docs/scenarios.md: a receipt booked_in_wms is added to the WMS level on load; the Mintsoft "
-    "simulator's loader treats it as already in the opening level (as xfailed in scenario/test_sandbox_load)",
-    strict=False,
-)
-def test_booked_receipts_are_timing_items(sandbox: Any, tmp_path: Path) -> None:
-    scenario = small_scenario(11)
-    assert any(r.booked_in_wms and not r.posted_to_sage for r in scenario.receipts)
-    pipeline = generated_pipeline(sandbox, tmp_path, scenario)
-    pipeline.materialize(*INGEST)
-    pipeline.materialize("stock_parity", run_config=pipeline.parity_config())
-    assert_parity_is_ground_truth(pipeline, scenario)
-
-
 @pytest.mark.postgres
 def test_generated_scenario_on_postgres(sandbox: Any, tmp_path: Path, postgres_schema: str) -> None:
-    scenario = without_booked_receipts(small_scenario(5))
+    scenario = small_scenario(5)
     pipeline = generated_pipeline(sandbox, tmp_path, scenario, db_url=POSTGRES_URL, db_schema=postgres_schema)
     run_full_cycle(pipeline, scenario)

@@ -27,16 +27,10 @@ from sage_wms_pipeline.domain.policy import load_policy
 from sage_wms_pipeline.scenario.generate import generate
 from sage_wms_pipeline.storage import tables as core
 from sage_wms_pipeline_tests.defs.conftest import INGEST, Pipeline, pipeline_resources, quiet, write_policy
-from sage_wms_pipeline_tests.defs.test_end_to_end import (
-    assert_sage_matches_wms_despatches,
-    without_booked_receipts,
-)
+from sage_wms_pipeline_tests.defs.test_end_to_end import assert_sage_matches_wms_despatches
 
 POSTING_SCRIPT = """
 import sys
-from collections import defaultdict
-from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 import dagster as dg
 from sage_wms_pipeline_tests.defs.conftest import ALL_ASSETS, pipeline_resources
@@ -54,9 +48,7 @@ def outbox_states(pipeline: Pipeline) -> dict[str, int]:
 
 def prepared(sandbox: Any, tmp_path: Path, seed: int) -> Pipeline:
     """Many orders despatched in the WMS and queued, nothing posted to Sage yet."""
-    scenario = without_booked_receipts(
-        quiet(generate(skus=60, warehouses=3, orders_per_day=40, days=1, seed=seed))
-    )
+    scenario = quiet(generate(skus=60, warehouses=3, orders_per_day=40, days=1, seed=seed))
     sandbox.load(scenario)
     # Short lease and backoff so the test sees a dead worker's rows and deferred rows come due in seconds.
     policy = load_policy(scenario=scenario)

@@ -12,7 +12,13 @@ import pytest
 from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.clients.wms.base import ManifestLine, OrderManifest
 from sage_wms_pipeline.defs.resources import WmsResource
-from sage_wms_pipeline.defs.sensors.despatch import DespatchCursor, run_key_for, wms_despatch_sensor
+from sage_wms_pipeline.defs.sensors.despatch import (
+    DespatchCursor,
+    fingerprint,
+    light_client,
+    run_key_for,
+    wms_despatch_sensor,
+)
 
 HOUR = 3600
 
@@ -142,8 +148,22 @@ def test_cursor_reset_asks_for_the_run_already_launched(wms):
 
 
 def test_cursor_round_trip_and_pruning():
-    cursor = DespatchCursor(wms="mintsoft:despatches:2026-11-23T08:00:00.000Z", seen={"a": 100_000, "b": 10})
-    cursor.prune()  # "b" is more than six hours of event time older than "a"
-    assert DespatchCursor.parse(cursor.dump()) == DespatchCursor(wms=cursor.wms, seen={"a": 100_000})
+    a, b, c = fingerprint("a"), fingerprint("b"), fingerprint("c")
+    cursor = DespatchCursor(
+        wms="mintsoft:despatches:2026-11-23T08:00:00.000Z", seen={a: 100_000, b: 10, c: 100_000}
+    )
+    cursor.prune()  # "b" is more than the retention window of event time older than "a" and "c"
+    assert DespatchCursor.parse(cursor.dump()) == DespatchCursor(
+        wms=cursor.wms, seen={a: 100_000, c: 100_000}
+    )
     # A client cursor typed in by hand is taken as where to read from.
     assert DespatchCursor.parse("mintsoft:despatches:2026-11-23T08:00:00.000Z").wms.startswith("mintsoft:")
+
+
+def test_the_sensor_reads_without_per_order_look_ups_and_the_ingest_client_keeps_them(wms):
+    with wms.client() as full, light_client(wms) as light:
+        assert full.config.verify_order_ids
+        assert not light.config.verify_order_ids
+        assert [e.dedupe_key for e in light.despatches_since(None).records] == [
+            e.dedupe_key for e in full.despatches_since(None).records
+        ]

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from sage_wms_pipeline.domain.policy import Policy, PolicyError, load_policy, validate_policy
+from sage_wms_pipeline.domain.policy import (
+    Policy,
+    PolicyError,
+    WarehouseMapping,
+    load_policy,
+    validate_policy,
+)
 from sage_wms_pipeline.scenario.io import read_scenario
 from sage_wms_pipeline.settings import demo_scenario_path
 
@@ -87,3 +93,12 @@ def test_tolerance_precedence() -> None:
     assert p.tolerance_for("GIFTS", "A").abs_units == 2
     assert p.tolerance_for("HOME", "A").percent == 1
     assert p.tolerance_for("HOME", None).abs_units == 9
+
+
+def test_lookups_follow_a_copy_with_new_mappings() -> None:
+    p = load_policy()
+    assert p.wms_warehouse_id("LEEDS") == 1
+    q = p.model_copy(update={"warehouses": [WarehouseMapping(sage_name="HULL", wms_warehouse_id=9)]})
+    assert q.wms_warehouse_id("HULL") == 9
+    with pytest.raises(KeyError, match="LEEDS"):
+        q.wms_warehouse_id("LEEDS")

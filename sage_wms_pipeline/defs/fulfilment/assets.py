@@ -8,6 +8,7 @@ posting, but before the outbox said so, re-posts nothing when the row is claimed
 """
 
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at runtime.
+import dataclasses
 import os
 import socket
 from collections import defaultdict
@@ -47,6 +48,7 @@ from sage_wms_pipeline.domain.manifests import (
     SageOrder,
     SageOrderLine,
     build_manifests,
+    parse_order_number,
 )
 from sage_wms_pipeline.domain.policy import Policy
 from sage_wms_pipeline.storage import tables as core
@@ -65,18 +67,38 @@ def _utc(value: Any) -> datetime:
 
 
 def live_orders_to_send(db: Database) -> pd.DataFrame:
-    """Live Sage orders with no manifest sent yet and not already in the WMS under their number."""
+    """Live Sage orders with a manifest still to send: none built yet (and the order is not in the WMS
+    already under its own number), or built and not all sent (a part the WMS refused last time)."""
     o, m, w = store.sage_orders, core.order_manifests, store.wms_orders
-    sent = sa.select(m.c.sage_order_id).where(m.c.sent_at.is_not(None))
+    planned = sa.select(m.c.sage_order_id)
+    unsent = sa.select(m.c.sage_order_id).where(m.c.sent_at.is_(None))
     in_wms = sa.select(w.c.order_number)
     query = (
         sa.select(o)
-        .where(o.c.document_status == LIVE, o.c.id.not_in(sent), o.c.document_no.not_in(in_wms))
+        .where(
+            o.c.document_status == LIVE,
+            sa.or_(
+                sa.and_(o.c.id.not_in(planned), o.c.document_no.not_in(in_wms)),
+                o.c.id.in_(unsent),
+            ),
+        )
         .order_by(o.c.id)
     )
     with db.read() as conn:
         result = conn.execute(query)
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def sent_numbers(db: Database, sage_order_id: int) -> set[str]:
+    m = core.order_manifests
+    with db.read() as conn:
+        return set(
+            conn.execute(
+                sa.select(m.c.order_number).where(
+                    m.c.sage_order_id == sage_order_id, m.c.sent_at.is_not(None)
+                )
+            ).scalars()
+        )
 
 
 def sage_order_model(header: dict[str, Any], lines: pd.DataFrame, product_types: dict[str, str]) -> SageOrder:
@@ -166,7 +188,10 @@ def order_manifests(
             db.save_manifest_plan(plan)
             excluded += len(plan.excluded)
             payload = jsonutil.loads(header["payload"])
+            already = sent_numbers(db, header["id"])
             for m in plan.manifests:
+                if m.order_number in already:
+                    continue
                 try:
                     result = client.create_order(wms_manifest(m, payload))
                 except WmsValidationError as exc:
@@ -211,9 +236,12 @@ def order_manifests(
 
 
 def wms_lines_at_trigger(db: Database, policy: Policy) -> list[dp.WmsDespatchLine]:
-    """WMS lines that have reached the policy's trigger: despatch events, or order lines at pick/pack."""
+    """WMS lines at the policy's trigger not yet put in the outbox: despatch events, or order lines
+    of orders at pick/pack. Lines already enqueued are skipped in SQL, so a run reads only new ones."""
+    done = store.despatch_enqueued
     if policy.fulfilment_trigger == "despatch":
-        frame = store.read_frame(db.engine, core.wms_despatches)
+        d = core.wms_despatches
+        fresh = ~sa.exists().where(done.c.source_key == d.c.dedupe_key)
         return [
             dp.WmsDespatchLine(
                 order_number=r.order_number,
@@ -224,13 +252,18 @@ def wms_lines_at_trigger(db: Database, policy: Policy) -> list[dp.WmsDespatchLin
                 status=r.status,
                 event_at=_utc(r.event_at),
             )
-            for r in frame.itertuples()
+            for r in store.read_frame(db.engine, d, fresh).itertuples()
         ]
     o, lt = store.wms_orders, store.wms_order_lines
-    query = sa.select(lt, o.c.raw_status, o.c.updated_at).join(o, o.c.order_id == lt.c.order_id)
+    statuses = sorted(dp.TRIGGER_STATUSES[policy.fulfilment_trigger])
+    query = (
+        sa.select(lt, o.c.raw_status, o.c.updated_at)
+        .join(o, o.c.order_id == lt.c.order_id)
+        .where(sa.func.upper(o.c.raw_status).in_(statuses))
+    )
     with db.read() as conn:
         rows = conn.execute(query).all()
-    return [
+    lines = [
         dp.WmsDespatchLine(
             order_number=r.order_number,
             line_ref=f"{r.order_id}:order:{r.line_no}",
@@ -243,12 +276,63 @@ def wms_lines_at_trigger(db: Database, policy: Policy) -> list[dp.WmsDespatchLin
         for r in rows
         if Decimal(r.quantity) - Decimal(r.back_ordered) > 0
     ]
+    seen = enqueued_keys(db, [line.dedupe_key for line in lines])
+    return [_line_warehouse(db, policy, line) for line in lines if line.dedupe_key not in seen]
 
 
-def known_source_keys(db: Database) -> set[str]:
+def _line_warehouse(db: Database, policy: Policy, line: dp.WmsDespatchLine) -> dp.WmsDespatchLine:
+    """The canonical WMS order line carries no warehouse of its own (only the order's), so a line of a
+    mixed-warehouse order takes its warehouse from the one Sage line it can be (same order and SKU)."""
+    sku = policy.sku_for_wms(line.wms_sku)
+    if sku is None:
+        return line
+    lt = store.sage_order_lines
+    doc = parse_order_number(line.order_number)[0]
     with db.read() as conn:
-        sources = conn.execute(sa.select(core.despatch_outbox.c.source)).scalars().all()
-    return {jsonutil.loads(s).get("dedupe_key", "") for s in sources}
+        names = set(
+            conn.execute(
+                sa.select(lt.c.warehouse).where(
+                    lt.c.document_no.in_({doc, line.order_number}), lt.c.code == sku.sage_code
+                )
+            ).scalars()
+        )
+    try:
+        current = policy.sage_warehouse(line.wms_warehouse_id)
+    except KeyError:
+        current = None
+    if current in names or len(names) != 1:
+        return line
+    try:
+        return dataclasses.replace(line, wms_warehouse_id=policy.wms_warehouse_id(names.pop()))
+    except KeyError:
+        return line
+
+
+def enqueued_keys(db: Database, keys: list[str]) -> set[str]:
+    done = store.despatch_enqueued
+    found: set[str] = set()
+    with db.read() as conn:
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            found |= set(
+                conn.execute(sa.select(done.c.source_key).where(done.c.source_key.in_(chunk))).scalars()
+            )
+    return found
+
+
+def outbox_source_keys(db: Database, documents: Iterable[str]) -> set[str]:
+    """Source keys already in the outbox for these Sage orders (a run that died before marking its
+    lines enqueued must not have them planned again)."""
+    out = core.despatch_outbox
+    docs = sorted(set(documents))
+    keys: set[str] = set()
+    with db.read() as conn:
+        for start in range(0, len(docs), 500):
+            sources = conn.execute(
+                sa.select(out.c.source).where(out.c.document_no.in_(docs[start : start + 500]))
+            )
+            keys |= {jsonutil.loads(s).get("dedupe_key", "") for s in sources.scalars()}
+    return keys
 
 
 def open_sage_lines(db: Database, documents: Iterable[str]) -> list[dp.SageOpenLine]:
@@ -278,12 +362,20 @@ def open_sage_lines(db: Database, documents: Iterable[str]) -> list[dp.SageOpenL
 
 
 def enqueue_postings(db: Database, policy: Policy) -> tuple[int, list[dp.Orphan]]:
-    """Put every WMS line at the trigger that the outbox has not seen into the outbox."""
+    """Put every WMS line at the trigger that the outbox has not seen into the outbox.
+
+    Lines are marked enqueued only after their postings are in the outbox (insert-if-absent), so a
+    crash in between re-plans them and adds nothing twice. Orphans stay unmarked: they are looked at
+    again next run, when the Sage order may have arrived.
+    """
     lines = wms_lines_at_trigger(db, policy)
-    known = known_source_keys(db)
-    new = [line for line in lines if line.dedupe_key not in known]
-    docs = {line.order_number for line in new} | {line.order_number.rpartition("-")[0] for line in new}
-    plan = dp.plan_postings(new, open_sage_lines(db, docs - {""}), policy, known_keys=known)
+    if not lines:
+        return 0, []
+    docs = {line.order_number for line in lines} | {
+        parse_order_number(line.order_number)[0] for line in lines
+    }
+    known = outbox_source_keys(db, docs)
+    plan = dp.plan_postings(lines, open_sage_lines(db, docs), policy, known_keys=known)
     added = db.outbox_add(
         {
             "dedupe_key": p.dedupe_key,
@@ -305,6 +397,12 @@ def enqueue_postings(db: Database, policy: Policy) -> tuple[int, list[dp.Orphan]
         }
         for p in plan.postings
     )
+    done = {p.source.dedupe_key for p in plan.postings} | {line.dedupe_key for line in plan.already_known}
+    now = store.now_utc()
+    with db.write() as conn:
+        store.insert_if_absent(
+            conn, store.despatch_enqueued, [{"source_key": k, "enqueued_at": now} for k in done]
+        )
     return len(added), plan.orphans
 
 

@@ -160,6 +160,13 @@ wms_receipts = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
 )
 
+despatch_enqueued = sa.Table(
+    "despatch_enqueued",
+    metadata,
+    sa.Column("source_key", sa.String(200), primary_key=True, comment="WmsDespatchLine.dedupe_key"),
+    sa.Column("enqueued_at", TS, nullable=False),
+)
+
 stock_adjustments = sa.Table(
     "stock_adjustments",
     metadata,
