@@ -151,6 +151,17 @@ def policy_metadata(policy: Policy) -> dict[str, Any]:
         "policy/value_materiality_gbp": dg.MetadataValue.text(f"£{t.value_materiality_gbp}"),
         "policy/despatch_sla_hours": dg.MetadataValue.text(str(policy.despatch_sla_hours)),
         "policy/lock_deadline_minutes": policy.lock_deadline_minutes,
+        "policy/tolerances": dg.MetadataValue.md(
+            "| rule | abs units | percent |\n|---|---|---|\n"
+            + "\n".join(
+                f"| {name} | {rule.abs_units} | {rule.percent}% |"
+                for name, rule in [
+                    ("default", t.default),
+                    *((f"group {k}", v) for k, v in sorted(t.by_product_group.items())),
+                    *((f"ABC {k}", v) for k, v in sorted(t.by_abc_class.items())),
+                ]
+            )
+        ),
     }
 
 

@@ -114,3 +114,42 @@ def test_month_end_cutoff_is_the_last_day_in_uk_local_time_all_year():
     for month_end in (datetime(2026, 3, 31, 22, 30, tzinfo=UTC), datetime(2026, 10, 31, 22, 30, tzinfo=UTC)):
         cutoff = schedules.month_end_cutoff(month_end)
         assert cutoff.astimezone(london).date() == month_end.date()
+
+
+def test_freshness_windows_match_what_refreshes_each_asset():
+    """Every freshness policy is met by a schedule (its longest gap between ticks is shorter than the
+    fail window) or, for the despatch feeds, by the despatch sensor; nothing is set up to go stale."""
+    from pathlib import Path
+
+    from dagster._utils.schedules import cron_string_iterator
+
+    import sage_wms_pipeline.definitions as code_location
+    from sage_wms_pipeline.defs import freshness
+
+    defs = dg.load_from_defs_folder(path_within_project=Path(code_location.__file__).parent)
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    longest_gap: dict[str, timedelta] = {}
+    for schedule in defs.schedules:
+        ticks = cron_string_iterator(start, schedule.cron_schedule, "UTC")
+        previous, gap = next(ticks), timedelta(0)
+        for tick in ticks:
+            if tick.year > 2026:
+                break
+            gap, previous = max(gap, tick - previous), tick
+        job = schedule.job_name
+        longest_gap[job] = min(gap, longest_gap.get(job, gap))
+    sensed = {t.job_name for s in defs.sensors for t in s.targets}
+
+    graph = defs.resolve_asset_graph()
+    for name, policy in freshness.FRESHNESS_BY_ASSET.items():
+        node = graph.get(dg.AssetKey(name))
+        assert node.freshness_policy == policy, f"{name} does not carry its freshness policy"
+        jobs = [
+            j.name
+            for j in defs.resolve_all_job_defs()
+            if dg.AssetKey(name) in j.asset_layer.selected_asset_keys
+        ]
+        gaps = [longest_gap[j] for j in jobs if j in longest_gap]
+        if gaps and min(gaps) < policy.fail_window.to_timedelta():
+            continue
+        assert policy is freshness.ON_DESPATCH and any(j in sensed for j in jobs), (name, jobs, gaps)

@@ -34,8 +34,7 @@ def _now() -> datetime:
 def wms_despatched_orders(engine: Any) -> pd.DataFrame:
     """WMS orders (all parts) that have despatched, under their Sage document number."""
     orders = read_table(engine, store.wms_orders)
-    desp = orders[orders["despatched_at"].notna() | (orders["status"] == "DESPATCHED")]
-    desp = desp[desp["despatched_at"].notna()]
+    desp = orders[orders["despatched_at"].notna()]
     return pd.DataFrame(
         {
             "order_number": [parse_order_number(str(n))[0] for n in desp["order_number"]],

@@ -25,6 +25,8 @@ from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.clients.sage200.client import Sage200Client, StockCount
 from sage_wms_pipeline.clients.sage200.errors import (
     BusinessRuleError,
+    InvalidRequestError,
+    NotFoundError,
     OutcomeUnknownError,
     RateLimitedError,
     RecordLockedError,
@@ -406,11 +408,24 @@ def enqueue_postings(db: Database, policy: Policy) -> tuple[int, list[dp.Orphan]
     return len(added), plan.orphans
 
 
+# Failures that concern one order: it is deferred (lock, fault) or parked for a person (refused),
+# and the run goes on with the others. Anything else (auth, permissions) fails the run.
+_PER_ORDER = (
+    RecordLockedError,
+    BusinessRuleError,
+    NotFoundError,
+    InvalidRequestError,
+    OutcomeUnknownError,
+    UnavailableError,
+    RateLimitedError,
+)
+
+
 def _failure_kind(exc: Exception) -> str:
     if isinstance(exc, RecordLockedError):
         return "lock"
-    if isinstance(exc, BusinessRuleError):
-        return "refused"
+    if isinstance(exc, (BusinessRuleError, NotFoundError, InvalidRequestError)):
+        return "refused"  # Sage says no (status, quantity, order gone): retrying will not help
     return "transient"
 
 
@@ -438,13 +453,7 @@ def post_order(
     when = max((_utc(e) for e in events if e), default=None)
     try:
         result = client.confirm_despatch(order_id, sorted(targets.items()), despatch_date=when)
-    except (
-        RecordLockedError,
-        BusinessRuleError,
-        OutcomeUnknownError,
-        UnavailableError,
-        RateLimitedError,
-    ) as exc:
+    except _PER_ORDER as exc:
         kind = _failure_kind(exc)
         for r in claimed:
             db.outbox_fail(r["dedupe_key"], r["claim_token"], kind, str(exc), policy)  # type: ignore[arg-type]
