@@ -35,6 +35,8 @@ class AlertItem:
     detail: str
     level: AlertLevel = "ERROR"
     records: Sequence[str] = ()
+    # The same verdict on the same records as the check's previous evaluation.
+    unchanged: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class Alert:
             head += f" (run `{self.run_id[:8]}`)"
         lines = [head]
         for item in self.items:
-            lines.append(f"• *{item.name}* [{item.level}]: {item.detail}")
+            repeat = " (unchanged since the last run)" if item.unchanged else ""
+            lines.append(f"• *{item.name}* [{item.level}]: {item.detail}{repeat}")
             if item.records:
                 shown = list(item.records[:MAX_RECORDS_LISTED])
                 more = len(item.records) - len(shown)

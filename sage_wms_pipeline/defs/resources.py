@@ -1,5 +1,13 @@
 """Resources: the two APIs, the project database and the integration policy.
 
+Environment (secrets marked *; the rest default to the local sandbox of `sage-wms demo`):
+  sage       SAGE200_BASE_URL, SAGE200_TOKEN_URL, SAGE200_SITE_ID, SAGE200_COMPANY_ID (looked up via
+             /sites when unset), SAGE200_CLIENT_ID, SAGE200_CLIENT_SECRET*, SAGE200_REFRESH_TOKEN*,
+             SAGE200_TOKEN_STORE (file keeping the rotated refresh token)
+  wms        MINTSOFT_BASE_URL, MINTSOFT_USERNAME, MINTSOFT_PASSWORD*
+  parity_db  SAGE_WMS_DATABASE_URL (default: SQLite under data/runtime/)
+  policy     SAGE_WMS_POLICY_FILE (default: data/policy.yaml)
+
 Secrets (client secret, refresh token, WMS password) come from the environment through
 `dg.EnvVar`, resolved when a run starts and never logged. Non-secret settings default to the local
 demo sandbox so `dagster definitions validate` and `dagster dev` load without any environment.
@@ -10,7 +18,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -121,7 +128,7 @@ class ParityDatabase(dg.ConfigurableResource):
             if db is None:
                 db = Database(self.url, schema=self.db_schema)
                 db.migrate()
-                store.ensure_tables(db.engine)
+                store.ensure_tables(db)
                 self._cache[key] = db
             return db
 
@@ -170,9 +177,8 @@ def _env(name: str, default: str | None) -> str | None:
     return value if value else default
 
 
-def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The production wiring: non-secrets read now (with demo defaults), secrets as EnvVar."""
-    del env  # reserved: the process environment is the only source today
     return {
         "sage": Sage200Resource(
             base_url=_env("SAGE200_BASE_URL", DEMO_SAGE_BASE_URL) or DEMO_SAGE_BASE_URL,

@@ -24,6 +24,7 @@ Severity rules (all thresholds from `domain.policy.Policy`):
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -78,14 +79,18 @@ class Finding:
     passed: bool
     severity: Severity
     summary: str
+    # Figures feed Dagster's metadata plots only (floats there are display values, never computed
+    # with); exact amounts are in `summary` and `rows`.
     figures: Mapping[str, int | float | str] = field(default_factory=dict)
+    # The first rows at fault (at most row_limit, worst first); rows_total counts all of them.
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)
     records: tuple[str, ...] = ()
     row_limit: int = DEFAULT_ROW_LIMIT
+    rows_total: int | None = None
 
     def rows_markdown(self) -> str:
         """The first rows at fault as a markdown table (empty string when nothing is at fault)."""
-        return markdown_table(self.rows, self.row_limit)
+        return markdown_table(self.rows, self.row_limit, total=self.rows_total)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -106,8 +111,13 @@ def gbp(pence: int | np.integer) -> Decimal:
 
 
 def _int_sum(series: pd.Series) -> int:
-    # Python int sum: exact however large the column (int64 sums can wrap silently).
-    return sum(int(v) for v in series)
+    """Exact sum: numpy's when it cannot overflow int64, Python ints otherwise (int64 wraps silently)."""
+    if len(series) == 0:
+        return 0
+    values = series.to_numpy()
+    if values.dtype.kind in "iu" and int(np.abs(values).max()) * len(values) < 2**62:
+        return int(values.sum())
+    return sum(int(v) for v in values)
 
 
 def _fmt_qty(e5: int) -> str:
@@ -125,19 +135,23 @@ def _utc(value: Any) -> datetime:
 
 
 def _utc_series(series: pd.Series) -> pd.Series:
-    out = pd.to_datetime(series, utc=True, errors="coerce")
-    return out
+    return pd.to_datetime(series, utc=True, errors="coerce")
 
 
-def markdown_table(rows: pd.DataFrame, limit: int = DEFAULT_ROW_LIMIT) -> str:
+def markdown_table(rows: pd.DataFrame, limit: int = DEFAULT_ROW_LIMIT, *, total: int | None = None) -> str:
     if rows.empty:
         return ""
     shown = rows.head(limit)
     # Keep the text as formatted ("21.00" must not become 21): money reads as money.
     text = shown.to_markdown(index=False, disable_numparse=True)
-    if len(rows) > limit:
-        text += f"\n\n… and {len(rows) - limit} more"
+    total = len(rows) if total is None else total
+    if total > len(shown):
+        text += f"\n\n… and {total - len(shown)} more"
     return text
+
+
+def _keys(frame: pd.DataFrame) -> tuple[str, ...]:
+    return tuple((frame["sku"].astype(str) + "@" + frame["warehouse"].astype(str)).tolist())
 
 
 def _hours(delta: pd.Series) -> pd.Series:
@@ -175,18 +189,20 @@ def inventory_drift(parity: pd.DataFrame, thresholds: Thresholds) -> Finding:
     order = order.sort_values(
         ["_abs_value", "_abs_qty", "sku", "warehouse"], ascending=[False, False, True, True]
     )
+    # Only the rows shown are formatted: a bad day can put most of a million lines at fault.
+    shown = order.head(thresholds.row_limit)
     rows = pd.DataFrame(
         {
-            "sku": order["sku"],
-            "warehouse": order["warehouse"],
-            "wms_qty": order["wms_qty_e5"].map(_fmt_qty),
-            "sage_qty": order["sage_qty_e5"].map(_fmt_qty),
-            "unexplained_qty": order["unexplained_e5"].map(_fmt_qty),
-            "unexplained_value_gbp": order["_value"].map(_fmt_gbp) if has_value else "n/a",
+            "sku": shown["sku"],
+            "warehouse": shown["warehouse"],
+            "wms_qty": shown["wms_qty_e5"].map(_fmt_qty),
+            "sage_qty": shown["sage_qty_e5"].map(_fmt_qty),
+            "unexplained_qty": shown["unexplained_e5"].map(_fmt_qty),
+            "unexplained_value_gbp": shown["_value"].map(_fmt_gbp) if has_value else "n/a",
         }
     )
-    if "first_seen" in order.columns:
-        rows["first_seen"] = _utc_series(order["first_seen"]).dt.strftime("%Y-%m-%d %H:%M")
+    if "first_seen" in shown.columns:
+        rows["first_seen"] = _utc_series(shown["first_seen"]).dt.strftime("%Y-%m-%d %H:%M")
     figures: dict[str, int | float | str] = {
         "lines_checked": len(parity),
         "lines_out_of_tolerance": lines,
@@ -213,8 +229,9 @@ def inventory_drift(parity: pd.DataFrame, thresholds: Thresholds) -> Finding:
         summary=summary,
         figures=figures,
         rows=rows.reset_index(drop=True),
-        records=tuple(f"{s}@{w}" for s, w in zip(order["sku"], order["warehouse"], strict=True)),
+        records=_keys(order),
         row_limit=thresholds.row_limit,
+        rows_total=len(order),
     )
 
 
@@ -242,10 +259,11 @@ def valuation_drift(detail: pd.DataFrame, thresholds: Thresholds) -> Finding:
     order = at_fault.assign(_abs=at_fault["_v"].abs()).sort_values(
         ["_abs", "sku", "warehouse"], ascending=[False, True, True]
     )
-    rows = pd.DataFrame({"sku": order["sku"], "warehouse": order["warehouse"]})
-    if "product_group" in order.columns:
-        rows["product_group"] = order["product_group"]
-    rows["unexplained_value_gbp"] = order["_v"].map(_fmt_gbp)
+    shown = order.head(thresholds.row_limit)
+    rows = pd.DataFrame({"sku": shown["sku"], "warehouse": shown["warehouse"]})
+    if "product_group" in shown.columns:
+        rows["product_group"] = shown["product_group"]
+    rows["unexplained_value_gbp"] = shown["_v"].map(_fmt_gbp)
     figures: dict[str, int | float | str] = {
         "lines_with_unexplained_value": len(at_fault),
         "unexplained_value_abs_gbp": float(gbp(abs_value)),
@@ -267,8 +285,9 @@ def valuation_drift(detail: pd.DataFrame, thresholds: Thresholds) -> Finding:
         summary=summary,
         figures=figures,
         rows=rows.reset_index(drop=True),
-        records=tuple(f"{s}@{w}" for s, w in zip(order["sku"], order["warehouse"], strict=True)),
+        records=_keys(order),
         row_limit=thresholds.row_limit,
+        rows_total=len(order),
     )
 
 
@@ -339,17 +358,19 @@ def sync_illusion(
 OUTBOX_COLUMNS = ("id", "order_number", "sku", "state", "attempts", "created_at")
 EXCEPTION_COLUMNS = ("kind", "record")
 ACTIVE_OUTBOX_STATES = frozenset({"pending", "posting", "deferred"})
-# sync_exceptions kinds that mean a despatch cannot reach Sage without a person.
-ORPHAN_KINDS = frozenset({"orphaned_shipment", "orphan", "unknown_order", "no_sage_line"})
-REFUSAL_KINDS = frozenset({"status_refusal", "status_refused", "refused_for_status"})
-# The outbox records a refusal as a stuck row whose last error starts so (domain.outbox).
+# sync_exceptions kinds (as the assets record them) that need a person on the despatch side:
+# a WMS shipment with no Sage line to post to; Sage holding more despatched than the WMS shipped.
+ORPHAN_KINDS = frozenset({"orphaned_shipment"})
+OVER_TARGET_KINDS = frozenset({"despatch_over_target"})
+# The outbox records a status refusal as a stuck row whose last error starts so (domain.outbox).
 REFUSAL_PREFIX = "Sage refused"
 
 
 def stuck_and_orphaned(
     outbox: pd.DataFrame, exceptions: pd.DataFrame, now: datetime, thresholds: Thresholds
 ) -> Finding:
-    """Outbox rows stuck or retrying past the lock deadline; shipments with no Sage line; refusals.
+    """Outbox rows stuck or retrying past the lock deadline; shipments with no Sage line; despatches
+    Sage refused for the order's status; orders Sage holds as despatched beyond the WMS.
 
     `outbox` columns: OUTBOX_COLUMNS, optionally ``last_error``, ``warehouse``.
     `exceptions`: open sync exceptions (``kind``, ``record``, optionally ``resolved``, ``first_seen``).
@@ -358,10 +379,12 @@ def stuck_and_orphaned(
     require_columns(exceptions, EXCEPTION_COLUMNS, "sync_exceptions")
     now = _utc(now)
     created = _utc_series(outbox["created_at"])
-    errors = outbox["last_error"].fillna("").astype(str) if "last_error" in outbox.columns else ""
-    refused_mask = (outbox["state"] == "stuck") & pd.Series(errors, index=outbox.index).str.startswith(
-        REFUSAL_PREFIX
+    errors = (
+        outbox["last_error"].fillna("").astype(str)
+        if "last_error" in outbox.columns
+        else pd.Series("", index=outbox.index)
     )
+    refused_mask = (outbox["state"] == "stuck") & errors.str.startswith(REFUSAL_PREFIX)
     refused_outbox = outbox[refused_mask]
     stuck = outbox[(outbox["state"] == "stuck") & ~refused_mask]
     overdue_mask = outbox["state"].isin(ACTIVE_OUTBOX_STATES) & (
@@ -372,7 +395,7 @@ def stuck_and_orphaned(
     if "resolved" in exceptions.columns:
         open_exc = exceptions[~exceptions["resolved"].fillna(False).astype(bool)]
     orphans = open_exc[open_exc["kind"].isin(ORPHAN_KINDS)]
-    refusals = open_exc[open_exc["kind"].isin(REFUSAL_KINDS)]
+    over_target = open_exc[open_exc["kind"].isin(OVER_TARGET_KINDS)]
 
     def outbox_rows(frame: pd.DataFrame, problem: str) -> pd.DataFrame:
         return pd.DataFrame(
@@ -408,7 +431,7 @@ def stuck_and_orphaned(
         outbox_rows(refused_outbox, "refused for Sage status"),
         outbox_rows(stuck, "stuck past lock deadline"),
         exception_rows(orphans, "orphaned shipment"),
-        exception_rows(refusals, "refused for Sage status"),
+        exception_rows(over_target, "Sage despatched beyond the WMS"),
         outbox_rows(overdue, "retrying past lock deadline"),
     ]
     rows = (
@@ -416,8 +439,8 @@ def stuck_and_orphaned(
         if any(not p.empty for p in parts)
         else pd.DataFrame(columns=parts[0].columns)
     )
-    n_refused = len(refused_outbox) + len(refusals)
-    needs_person = len(stuck) + len(orphans) + n_refused
+    n_refused = len(refused_outbox)
+    needs_person = len(stuck) + len(orphans) + n_refused + len(over_target)
     total = needs_person + len(overdue)
     return Finding(
         check="stuck_and_orphaned",
@@ -428,13 +451,15 @@ def stuck_and_orphaned(
             if total == 0
             else f"{len(stuck)} stuck, {len(overdue)} retrying past the "
             f"{thresholds.lock_deadline.total_seconds() / 60:g} min lock deadline, {len(orphans)} orphaned "
-            f"shipment(s), {n_refused} refused for Sage status"
+            f"shipment(s), {n_refused} refused for Sage status, {len(over_target)} despatched in Sage "
+            "beyond the WMS"
         ),
         figures={
             "stuck_records": len(stuck),
             "overdue_records": len(overdue),
             "orphaned_shipments": len(orphans),
             "status_refusals": n_refused,
+            "despatched_beyond_wms": len(over_target),
             "outbox_active": int(outbox["state"].isin(ACTIVE_OUTBOX_STATES).sum()),
         },
         rows=rows,
@@ -464,13 +489,14 @@ def manifest_totals(orders: pd.DataFrame, thresholds: Thresholds) -> Finding:
     diff = orders["manifest_total_e5"] + orders["excluded_total_e5"] - orders["sage_total_e5"]
     bad = orders.assign(_diff=diff)[diff != 0]
     bad = bad.assign(_abs=bad["_diff"].abs()).sort_values(["_abs", "order_number"], ascending=[False, True])
+    shown = bad.head(thresholds.row_limit)
     rows = pd.DataFrame(
         {
-            "order_number": bad["order_number"],
-            "sage_total_gbp": bad["sage_total_e5"].map(_fmt_money_e5),
-            "manifest_gbp": bad["manifest_total_e5"].map(_fmt_money_e5),
-            "excluded_lines_gbp": bad["excluded_total_e5"].map(_fmt_money_e5),
-            "difference_gbp": bad["_diff"].map(_fmt_money_e5),
+            "order_number": shown["order_number"],
+            "sage_total_gbp": shown["sage_total_e5"].map(_fmt_money_e5),
+            "manifest_gbp": shown["manifest_total_e5"].map(_fmt_money_e5),
+            "excluded_lines_gbp": shown["excluded_total_e5"].map(_fmt_money_e5),
+            "difference_gbp": shown["_diff"].map(_fmt_money_e5),
         }
     )
     abs_diff = _int_sum(bad["_abs"])
@@ -493,6 +519,7 @@ def manifest_totals(orders: pd.DataFrame, thresholds: Thresholds) -> Finding:
         rows=rows.reset_index(drop=True),
         records=tuple(bad["order_number"].astype(str)),
         row_limit=thresholds.row_limit,
+        rows_total=len(bad),
     )
 
 
@@ -512,14 +539,15 @@ def free_stock_divergence(available: pd.DataFrame, thresholds: Thresholds) -> Fi
     bad = bad.assign(_abs=bad["_diff"].abs(), _oversell=bad.index.isin(oversell.index)).sort_values(
         ["_oversell", "_abs", "sku", "warehouse"], ascending=[False, False, True, True]
     )
+    shown = bad.head(thresholds.row_limit)
     rows = pd.DataFrame(
         {
-            "sku": bad["sku"],
-            "warehouse": bad["warehouse"],
-            "sage_free": bad["sage_free_stock_e5"].map(_fmt_qty),
-            "available": bad["available_e5"].map(_fmt_qty),
-            "sage_minus_available": bad["_diff"].map(_fmt_qty),
-            "oversell_risk": bad["_oversell"],
+            "sku": shown["sku"],
+            "warehouse": shown["warehouse"],
+            "sage_free": shown["sage_free_stock_e5"].map(_fmt_qty),
+            "available": shown["available_e5"].map(_fmt_qty),
+            "sage_minus_available": shown["_diff"].map(_fmt_qty),
+            "oversell_risk": shown["_oversell"],
         }
     )
     return Finding(
@@ -540,8 +568,9 @@ def free_stock_divergence(available: pd.DataFrame, thresholds: Thresholds) -> Fi
             "oversell_risk_lines": len(oversell),
         },
         rows=rows.reset_index(drop=True),
-        records=tuple(f"{s}@{w}" for s, w in zip(bad["sku"], bad["warehouse"], strict=True)),
+        records=_keys(bad),
         row_limit=thresholds.row_limit,
+        rows_total=len(bad),
     )
 
 
@@ -716,6 +745,8 @@ def gx_data_contracts(
         ),
         "valuation_summary",
     )
+    # No usage analytics from a finance pipeline; the deployment env may say so too.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
@@ -959,7 +990,76 @@ class WmsStockContract(pa.DataFrameModel):
         return _ge_zero(s)
 
 
+class SageProductsContract(pa.DataFrameModel):
+    sku: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
+    product_group: Series[str] = pa.Field(str_length={"min_value": 1})
+    product_type: Series[str] = pa.Field(isin=["Stock", "ServiceLabour", "Miscellaneous"])
+    costing_method: Series[str] = pa.Field(isin=["FIFO", "Average", "Standard", "Actual"])
+    stock_nominal_code: Series[str] = pa.Field(str_length={"min_value": 1})
+    standard_cost: Series[object]
+    average_buying_price: Series[object]
+
+    class Config:
+        coerce = True
+
+    @pa.check("standard_cost", "average_buying_price", name=">= 0")
+    def _prices(cls, s: pd.Series) -> pd.Series:
+        return _ge_zero(s)
+
+
+class SageOrderLinesContract(pa.DataFrameModel):
+    id: Series[int] = pa.Field(unique=True)
+    order_id: Series[int]
+    document_no: Series[str] = pa.Field(str_length={"min_value": 1})
+    line_type: Series[str] = pa.Field(
+        isin=["EnumLineTypeStandard", "EnumLineTypeFreeText", "EnumLineTypeCharge", "EnumLineTypeComment"]
+    )
+    line_quantity: Series[object]
+    despatch_receipt_quantity: Series[object]
+
+    class Config:
+        coerce = True
+
+    @pa.check("line_quantity", "despatch_receipt_quantity", name=">= 0")
+    def _not_negative(cls, s: pd.Series) -> pd.Series:
+        return _ge_zero(s)
+
+    @pa.dataframe_check(name="despatched <= ordered")
+    def _not_over_despatched(cls, df: pd.DataFrame) -> pd.Series:
+        return _decimals(df["despatch_receipt_quantity"]) <= _decimals(df["line_quantity"])
+
+
+class WmsOrdersContract(pa.DataFrameModel):
+    order_id: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
+    order_number: Series[str] = pa.Field(str_length={"min_value": 1})
+    status: Series[str] = pa.Field(
+        isin=[
+            "NEW",
+            "ALLOCATED",
+            "PRINTED",
+            "PICKING",
+            "PICKED",
+            "PACKED",
+            "DESPATCHED",
+            "ON_BACKORDER",
+            "ON_HOLD",
+            "CANCELLED",
+        ]
+    )
+    raw_status: Series[str]
+
+    class Config:
+        coerce = True
+
+    @pa.dataframe_check(name="despatched orders carry despatched_at")
+    def _despatch_time(cls, df: pd.DataFrame) -> pd.Series:
+        return (df["status"] != "DESPATCHED") | df["despatched_at"].notna()
+
+
 OPERATIONAL_CONTRACTS: dict[str, type[pa.DataFrameModel]] = {
+    "sage_products": SageProductsContract,
+    "sage_order_lines": SageOrderLinesContract,
+    "wms_orders": WmsOrdersContract,
     "despatch_outbox": OutboxContract,
     "sync_exceptions": SyncExceptionsContract,
     "order_manifests": OrderManifestsContract,

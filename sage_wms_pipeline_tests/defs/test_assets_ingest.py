@@ -67,6 +67,11 @@ def test_wms_ingest_dedupes_orders_monotonically_and_quarantines_junk(pipeline: 
     assert quarantined, "malformed_rate 0.3 produced no quarantined record"
     assert all(q["reason"] and q["raw"] for q in quarantined)
     assert {q["source"] for q in quarantined} <= {"wms_orders", "wms_despatches", "wms_stock_movements"}
+    # ... and each is an open sync exception for operations, with its reason.
+    pipeline.materialize("sync_exceptions")
+    open_q = [e for e in pipeline.db.exceptions(open_only=True) if e["kind"] == "quarantined_input"]
+    assert len(open_q) == len(quarantined)
+    assert all(e["owner"] == "operations" and e["context"]["reason"] for e in open_q)
 
     # Orders: the stored state is the WMS's final state (never moved backwards by stale copies).
     wms_faults(pipeline, duplicate_rate="0", out_of_order_rate="0", malformed_rate="0")

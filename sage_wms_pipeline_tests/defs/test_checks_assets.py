@@ -49,14 +49,17 @@ def policy():
     return validate_policy(POLICY)
 
 
-@pytest.fixture
-def resources(tmp_path: Path, policy) -> dict[str, dg.ConfigurableResource]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def resources(request: pytest.FixtureRequest, tmp_path: Path, policy) -> dict[str, dg.ConfigurableResource]:
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False))
-    return {
-        "parity_db": ParityDatabase(url=f"sqlite:///{tmp_path / 'pipeline.sqlite'}"),
-        "policy": PolicyResource(path=str(path)),
-    }
+    if request.param == "postgres":
+        from sage_wms_pipeline_tests.defs.conftest import POSTGRES_URL
+
+        db = ParityDatabase(url=POSTGRES_URL, db_schema=request.getfixturevalue("postgres_schema"))
+    else:
+        db = ParityDatabase(url=f"sqlite:///{tmp_path / 'pipeline.sqlite'}")
+    return {"parity_db": db, "policy": PolicyResource(path=str(path))}
 
 
 def _frames(policy, wms_qty: dict[str, str]):
@@ -229,7 +232,7 @@ def test_broken_tie_out_fails_the_contract_checks(resources, policy):
 # --------------------------------------------------------------------- blocking, in a real run
 
 
-def _graph(resources, policy, wms_qty):
+def _graph(resources, policy, wms_qty, *, rebuild_parity: bool = True):
     @dg.asset(name="stock_parity")
     def fake_parity(parity_db: ParityDatabase) -> dg.MaterializeResult:
         fill_finance({"parity_db": parity_db}, policy, wms_qty)
@@ -239,29 +242,61 @@ def _graph(resources, policy, wms_qty):
     def fake_valuation() -> dg.MaterializeResult:
         return dg.MaterializeResult(metadata={"rows": len(CATALOGUE)})
 
-    return dg.materialize(
-        [fake_parity, fake_valuation, finance.inventory_drift],
+    checks = [finance.inventory_drift, finance.finance_gate]
+    if rebuild_parity:
+        return dg.materialize(
+            [fake_parity, fake_valuation, *checks], resources=resources, raise_on_error=False
+        )
+    # Like the daily sync check: every check against the stored parity, and what is downstream of it.
+    fill_finance(resources, policy, wms_qty)
+    selection = dg.AssetSelection.assets("valuation_deltas") | dg.AssetSelection.all_asset_checks()
+    defs = dg.Definitions(
+        assets=[fake_parity, fake_valuation],
+        asset_checks=checks,
+        jobs=[dg.define_asset_job("sync_check_like", selection=selection)],
         resources=resources,
-        raise_on_error=False,
     )
+    return defs.resolve_job_def("sync_check_like").execute_in_process(raise_on_error=False)
 
 
-def test_blocking_error_stops_valuation_in_the_same_run(resources, policy):
+def _evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _materialized(result) -> set[str]:
+    return {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+
+
+def test_material_drift_in_a_rebuilt_parity_stops_valuation_in_the_same_run(resources, policy):
     result = _graph(resources, policy, {"THROW-WOOL": "10"})
     assert not result.success
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
-    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-    assert materialized == {"stock_parity"}  # the month-end figures are not built on failing parity
+    evaluations = _evaluations(result)
+    assert evaluations["inventory_drift"].severity == dg.AssetCheckSeverity.ERROR
+    gate = evaluations["finance_gate"]
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.ERROR
+    assert gate.metadata["records"].data == ["THROW-WOOL@LEEDS"]
+    assert _materialized(result) == {"stock_parity"}  # the month-end figures are not built on failing parity
 
 
 def test_warning_lets_the_run_continue(resources, policy):
     result = _graph(resources, policy, {"TSHIRT-BLK-M": "45"})
     assert result.success
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
-    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-    assert materialized == {"stock_parity", "valuation_deltas"}
+    evaluations = _evaluations(result)
+    assert not evaluations["inventory_drift"].passed
+    assert evaluations["inventory_drift"].severity == dg.AssetCheckSeverity.WARN
+    assert evaluations["finance_gate"].passed
+    assert _materialized(result) == {"stock_parity", "valuation_deltas"}
+
+
+def test_a_run_that_does_not_rebuild_parity_reports_the_error_without_blocking(resources, policy):
+    result = _graph(resources, policy, {"THROW-WOOL": "10"}, rebuild_parity=False)
+    assert result.success
+    evaluations = _evaluations(result)
+    assert not evaluations["inventory_drift"].passed
+    assert evaluations["inventory_drift"].severity == dg.AssetCheckSeverity.ERROR
+    assert evaluations["finance_gate"].passed
+    assert evaluations["finance_gate"].metadata["gated"].value is False
+    assert _materialized(result) == {"valuation_deltas"}
 
 
 # ------------------------------------------------------------------------------ fulfilment
@@ -357,18 +392,43 @@ def _line(
     }
 
 
+def _products(db, **types: str) -> None:
+    with db.write() as conn:
+        conn.execute(
+            tables.sage_products.insert(),
+            [
+                {
+                    "sku": sku,
+                    "name": sku,
+                    "product_group": "HOME",
+                    "product_type": product_type,
+                    "costing_method": "Average",
+                    "stock_nominal_code": "1002",
+                    "standard_cost": Decimal(1),
+                    "average_buying_price": Decimal(1),
+                }
+                for sku, product_type in types.items()
+            ],
+        )
+
+
 def test_sync_illusion_lists_orders_despatched_but_open_in_sage(resources, policy):
     db = resources["parity_db"].database()
     now = datetime.now(UTC)
+    _products(db, **{"MUG-STONE": "Stock", "GIFTWRAP": "ServiceLabour"})
     _sage_order(db, 1, "SO0001001", "EnumDocumentStatusLive", Decimal(20), [_line(11, "2", "0")])
     _sage_order(db, 2, "SO0001002", "EnumDocumentStatusLive", Decimal(20), [_line(21, "2", "0")])
     _sage_order(db, 3, "SO0001003", "EnumDocumentStatusComplete", Decimal(20), [_line(31, "2", "2")])
     _sage_order(db, 4, "SO0001004", "EnumDocumentStatusLive", Decimal(20), [_line(41, "2", "0")])
+    # Despatched in full; only a service line (never sent to the WMS) is outstanding in Sage.
+    wrap = {**_line(52, "1", "0"), "code": "GIFTWRAP"}
+    _sage_order(db, 5, "SO0001005", "EnumDocumentStatusLive", Decimal(30), [_line(51, "2", "2"), wrap])
     wms = [
         ("101", "SO0001001", now - timedelta(hours=10)),  # past twice the 4 h SLA
         ("102", "SO0001002-2", now - timedelta(hours=5)),  # a split part, past the SLA
         ("103", "SO0001003", now - timedelta(hours=30)),  # posted: complete in Sage
         ("104", "SO0001004", now - timedelta(hours=1)),  # within the SLA
+        ("105", "SO0001005", now - timedelta(hours=30)),  # only the service line is left open
     ]
     with db.write() as conn:
         conn.execute(
@@ -390,6 +450,24 @@ def test_sync_illusion_lists_orders_despatched_but_open_in_sage(resources, polic
     assert not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
     assert result.metadata["records"].data == ["SO0001001", "SO0001002"]
     assert result.metadata["oldest_wait_hours"].value == pytest.approx(10.0, abs=0.1)
+
+    # A warehouse clock running ahead of ours (the demo's runs 60x): waits are measured on it.
+    ahead = now + timedelta(hours=5)
+    with db.write() as conn:
+        conn.execute(
+            store.wms_orders.insert(),
+            {
+                "order_id": "106",
+                "order_number": "SO0001006",
+                "status": "PICKED",
+                "raw_status": "PICKED",
+                "updated_at": ahead,
+                "dedupe_key": "106",
+            },
+        )
+    result = fulfilment.sync_illusion(parity_db=resources["parity_db"], policy=resources["policy"])
+    assert result.metadata["records"].data == ["SO0001001", "SO0001002", "SO0001004"]
+    assert result.metadata["measured_to"].value == pytest.approx(ahead.timestamp(), abs=1)
 
 
 def test_manifest_totals_tie_to_sage(resources, policy):
@@ -485,3 +563,8 @@ def test_operational_contracts_name_the_broken_rows(resources, policy):
     assert not holdings.passed
     assert "quantity_in_stock = confirmed + unconfirmed" in holdings.metadata["rows_at_fault"].md_str
     assert by_name["wms_stock_contract"](parity_db=resources["parity_db"]).passed
+
+    # An order line Sage shows as despatched beyond its quantity.
+    _sage_order(db, 9, "SO0001009", "EnumDocumentStatusLive", Decimal(20), [_line(91, "2", "3")])
+    lines = by_name["sage_order_lines_contract"](parity_db=resources["parity_db"])
+    assert not lines.passed and "despatched <= ordered" in lines.metadata["rows_at_fault"].md_str

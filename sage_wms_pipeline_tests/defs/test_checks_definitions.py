@@ -14,10 +14,11 @@ import sage_wms_pipeline.definitions as code_location
 from sage_wms_pipeline.defs import schedules
 
 EXPECTED_CHECKS = {
-    ("stock_parity", "inventory_drift"): True,
+    ("stock_parity", "inventory_drift"): False,
+    ("stock_parity", "finance_gate"): True,
     ("stock_parity", "stock_parity_schema"): False,
-    ("valuation_deltas", "valuation_drift"): True,
-    ("valuation_deltas", "gx_data_contracts"): True,
+    ("valuation_deltas", "valuation_drift"): False,
+    ("valuation_deltas", "gx_data_contracts"): False,
     ("valuation_deltas", "valuation_deltas_schema"): False,
     ("valuation_deltas", "valuation_summary_schema"): False,
     ("available_stock", "free_stock_divergence"): False,
@@ -32,6 +33,9 @@ EXPECTED_CHECKS = {
     ("order_manifests", "order_manifests_contract"): False,
     ("sage_warehouse_holdings", "sage_holdings_contract"): False,
     ("wms_stock_levels", "wms_stock_contract"): False,
+    ("sage_products", "sage_products_contract"): False,
+    ("sage_sales_orders", "sage_order_lines_contract"): False,
+    ("wms_orders", "wms_orders_contract"): False,
 }
 
 

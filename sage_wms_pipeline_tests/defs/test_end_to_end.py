@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 
 from sage_wms_pipeline import jsonutil
+from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.domain.policy import load_policy
 from sage_wms_pipeline.scenario.generate import generate
 from sage_wms_pipeline.scenario.io import read_scenario
@@ -208,6 +210,11 @@ def run_full_cycle(pipeline: Pipeline, scenario: Scenario) -> None:
     )
     assert_parity_is_ground_truth(pipeline, scenario)
     assert_in_flight_matches(pipeline)
+    first_seen = {
+        (r["sku"], r["warehouse"]): r["first_seen"]
+        for r in pipeline.query(core.stock_parity)
+        if r["unexplained_e5"]
+    }
 
     # 2. Manifests, twice: every live order not yet in the WMS arrives once, and only once.
     live_docs = {o.document_no for o in scenario.orders if o.status == "Live" and o.in_wms is None}
@@ -245,6 +252,22 @@ def run_full_cycle(pipeline: Pipeline, scenario: Scenario) -> None:
     )
     assert_in_flight_matches(pipeline)
     assert not in_flight_left(pipeline)
+    # A difference still standing keeps the time it was first seen, and its age grows.
+    for r in pipeline.query(core.stock_parity):
+        key = (r["sku"], r["warehouse"])
+        if r["unexplained_e5"] and key in first_seen:
+            assert r["first_seen"] == first_seen[key], key
+            age = (pd.Timestamp(r["cutoff"]) - pd.Timestamp(first_seen[key])).total_seconds()
+            assert r["age_seconds"] == int(age) > 0, key
+
+    # What the warehouse lost or found (damage, miscounts) is proposed to finance, unit for unit.
+    pipeline.materialize("wms_stock_movements", "stock_adjustments")
+    proposed: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for a in pipeline.query(store.stock_adjustments):
+        if a["source"] == "movement":
+            assert a["state"] == "proposed" and a["route"] == "finance_proposal"
+            proposed[(a["sku"], a["warehouse"])] += a["quantity"]
+    assert dict(proposed) == {k: v for k, v in wms_shrink(pipeline).items() if v}
 
     # Posting again changes nothing.
     again = pipeline.materialize("wms_despatches", "despatch_postings")
@@ -273,7 +296,10 @@ def small_scenario(seed: int) -> Scenario:
 
 
 def test_generated_scenario_end_to_end(sandbox: Any, tmp_path: Path) -> None:
+    # Half the orders split into parts and half ship in several parcels: one WMS order, many events.
     scenario = small_scenario(11)
+    busy = {"split_rate": Decimal("0.5"), "multi_parcel_rate": Decimal("0.5")}
+    scenario = scenario.model_copy(update={"behaviour": scenario.behaviour.model_copy(update=busy)})
     kinds = {d.kind for d in scenario.drift}
     assert {
         "despatched_not_posted",

@@ -26,7 +26,14 @@ from sage_wms_pipeline.defs.fulfilment.assets import enqueue_postings
 from sage_wms_pipeline.domain.policy import load_policy
 from sage_wms_pipeline.scenario.generate import generate
 from sage_wms_pipeline.storage import tables as core
-from sage_wms_pipeline_tests.defs.conftest import INGEST, Pipeline, pipeline_resources, quiet, write_policy
+from sage_wms_pipeline_tests.defs.conftest import (
+    INGEST,
+    POSTGRES_URL,
+    Pipeline,
+    pipeline_resources,
+    quiet,
+    write_policy,
+)
 from sage_wms_pipeline_tests.defs.test_end_to_end import assert_sage_matches_wms_despatches
 
 POSTING_SCRIPT = """
@@ -46,7 +53,7 @@ def outbox_states(pipeline: Pipeline) -> dict[str, int]:
         return dict(conn.execute(sa.select(out.c.state, sa.func.count()).group_by(out.c.state)).all())
 
 
-def prepared(sandbox: Any, tmp_path: Path, seed: int) -> Pipeline:
+def prepared(sandbox: Any, tmp_path: Path, seed: int, **db: Any) -> Pipeline:
     """Many orders despatched in the WMS and queued, nothing posted to Sage yet."""
     scenario = quiet(generate(skus=60, warehouses=3, orders_per_day=40, days=1, seed=seed))
     sandbox.load(scenario)
@@ -63,7 +70,7 @@ def prepared(sandbox: Any, tmp_path: Path, seed: int) -> Pipeline:
     pipeline = Pipeline(
         sandbox.sage_url,
         sandbox.wms_url,
-        pipeline_resources(sandbox.sage_url, sandbox.wms_url, tmp_path, policy_path=path),
+        pipeline_resources(sandbox.sage_url, sandbox.wms_url, tmp_path, policy_path=path, **db),
     )
     pipeline.materialize(*INGEST)
     pipeline.materialize("order_manifests")
@@ -135,9 +142,15 @@ def test_killed_posting_run_loses_nothing_and_posts_nothing_twice(
         assert max(attempts) > 1, "no posting met a lock; the lock case proved nothing"
 
 
-def test_posting_applied_in_sage_but_not_recorded_is_not_repeated(sandbox: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_posting_applied_in_sage_but_not_recorded_is_not_repeated(
+    sandbox: Any, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """The worst moment to die: Sage applied the despatch, the outbox still says `posting`."""
-    pipeline = prepared(sandbox, tmp_path, seed=22)
+    db: dict[str, Any] = {}
+    if backend == "postgres":
+        db = {"db_url": POSTGRES_URL, "db_schema": request.getfixturevalue("postgres_schema")}
+    pipeline = prepared(sandbox, tmp_path, seed=22, **db)
     added, _ = enqueue_postings(pipeline.db, pipeline.policy)
     assert added >= 5
     claimed = pipeline.db.outbox_claim("worker-that-dies", limit=5, lease=timedelta(seconds=2))

@@ -232,3 +232,57 @@ def test_payload_is_plain_text_json_and_lists_at_most_fifteen_records():
     # What a Slack or Teams incoming webhook is sent: the JSON round-trips as is.
     assert jsonutil.loads(jsonutil.dumps(payload)) == payload
     assert httpx.Request("POST", "http://x", json=payload).headers["content-type"] == "application/json"
+
+
+# ------------------------------------------------------------------- no paging on repeat failures
+
+MOVING_RECORDS: list[str] = []
+
+
+@dg.asset_check(asset=manifests_like)
+def moving_target() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "summary": f"{len(MOVING_RECORDS)} line(s) diverge",
+            "records": dg.MetadataValue.json(list(MOVING_RECORDS)),
+            "records_at_fault": len(MOVING_RECORDS),
+        },
+    )
+
+
+def _after_success(instance: dg.DagsterInstance, run_id: str) -> dg.SkipReason | None:
+    run = instance.get_run_by_id(run_id)
+    success = next(
+        r.event_log_entry.dagster_event
+        for r in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
+    )
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name="check_failure_alert_sensor",
+        dagster_event=success,
+        dagster_instance=instance,
+        dagster_run=run,
+    )
+    return check_failure_alert_sensor(ctx)
+
+
+def test_an_unchanged_failure_is_sent_once_a_change_again_and_the_daily_digest_always(receiver):
+    with dg.instance_for_test() as instance:
+        sent = []
+        for records in (["MUG-STONE@LEEDS"], ["MUG-STONE@LEEDS"], ["MUG-STONE@LEEDS", "THROW-WOOL@LEEDS"]):
+            MOVING_RECORDS[:] = records
+            before = len(receiver.bodies)
+            result = _after_success(instance, _run(instance, [manifests_like, moving_target]).run_id)
+            sent.append(len(receiver.bodies) > before)
+            if not sent[-1]:
+                assert "still failing, unchanged" in result.skip_message
+        assert sent == [True, False, True]
+
+        # The morning digest repeats what is still failing, marked as unchanged.
+        digest_job = dg.define_asset_job("sync_check_job", selection=dg.AssetSelection.all_asset_checks())
+        defs = dg.Definitions(assets=[manifests_like], asset_checks=[moving_target], jobs=[digest_job])
+        run = defs.resolve_job_def("sync_check_job").execute_in_process(instance=instance)
+        assert _after_success(instance, run.run_id) is None
+    text = receiver.bodies[-1]["text"]
+    assert "failed in sync_check_job" in text and "(unchanged since the last run)" in text

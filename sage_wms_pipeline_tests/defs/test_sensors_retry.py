@@ -20,9 +20,18 @@ T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 POLICY = validate_policy({"lock_deadline_minutes": 120, "outbox": {"backoff_base_seconds": 60}})
 
 
-@pytest.fixture
-def parity_db(tmp_path: Path) -> ParityDatabase:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def parity_db(request: pytest.FixtureRequest, tmp_path: Path) -> ParityDatabase:
+    if request.param == "postgres":
+        from sage_wms_pipeline_tests.defs.conftest import POSTGRES_URL
+
+        return ParityDatabase(url=POSTGRES_URL, db_schema=request.getfixturevalue("postgres_schema"))
     return ParityDatabase(url=f"sqlite:///{tmp_path / 'pipeline.sqlite'}")
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive UTC, PostgreSQL aware datetimes.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +101,10 @@ def test_deferred_row_is_due_after_its_backoff_and_keyed_by_attempt(parity_db, c
     _lock(parity_db, "locked", T0)
     db = parity_db.database()
     (row,) = db.outbox_rows(state="deferred")
-    clock[0] = row["next_attempt_at"].replace(tzinfo=UTC) - timedelta(seconds=1)
+    clock[0] = _aware(row["next_attempt_at"]) - timedelta(seconds=1)
     assert not _tick(parity_db, instance).run_requests  # not due yet
 
-    clock[0] = row["next_attempt_at"].replace(tzinfo=UTC) + timedelta(seconds=1)
+    clock[0] = _aware(row["next_attempt_at"]) + timedelta(seconds=1)
     first = _tick(parity_db, instance).run_requests[0]
     assert first.run_key.startswith("outbox-retry-")
     # A repeated tick asks for the same run; the daemon will not launch it twice.
@@ -105,7 +114,7 @@ def test_deferred_row_is_due_after_its_backoff_and_keyed_by_attempt(parity_db, c
     _lock(parity_db, "locked", clock[0])
     (row,) = db.outbox_rows(state="deferred")
     assert row["attempts"] == 2
-    clock[0] = row["next_attempt_at"].replace(tzinfo=UTC) + timedelta(seconds=1)
+    clock[0] = _aware(row["next_attempt_at"]) + timedelta(seconds=1)
     second = _tick(parity_db, instance).run_requests[0]
     assert second.run_key != first.run_key
 

@@ -233,7 +233,7 @@ def test_stuck_and_orphaned(thresholds):
 
     exceptions = pd.DataFrame(
         {
-            "kind": ["orphaned_shipment", "status_refusal", "orphaned_shipment"],
+            "kind": ["orphaned_shipment", "despatch_over_target", "orphaned_shipment"],
             "record": ["WMS order 77 / parcel 1", "SO0001009", "WMS order 78"],
             "resolved": [False, False, True],
             "first_seen": [now - timedelta(hours=2)] * 3,
@@ -248,7 +248,8 @@ def test_stuck_and_orphaned(thresholds):
         "stuck_records": 1,
         "overdue_records": 1,
         "orphaned_shipments": 1,
-        "status_refusals": 1,
+        "status_refusals": 0,
+        "despatched_beyond_wms": 1,
         "outbox_active": 1,
     }
 
@@ -357,3 +358,18 @@ def test_pandera_contract_reports_failure_cases(policy):
     f = checks.pandera_contract("stock_parity", broken, StockParity)
     assert not f.passed and f.severity == "ERROR"
     assert f.figures["failure_cases"] >= 1
+
+
+def test_only_the_first_rows_are_listed_but_all_are_counted(policy):
+    limited = checks.Thresholds.from_policy(policy, row_limit=2)
+    parity, detail, _ = _tables(policy, {"THROW": "10", "TSHIRT": "45", "MUG": "90"})
+    drift = checks.inventory_drift(_parity_with_values(parity, detail), limited)
+    assert len(drift.rows) == 2 and drift.rows_total == 3
+    assert drift.records == ("THROW@LEEDS", "MUG@LEEDS", "TSHIRT@LEEDS")  # £224, £21.50, £21.00
+    assert drift.rows_markdown().endswith("… and 1 more")
+    assert drift.figures["lines_out_of_tolerance"] == 3
+
+
+def test_sums_are_exact_beyond_int64():
+    big = pd.Series([2**62, 2**62, -(2**61)], dtype="int64")
+    assert checks._int_sum(big) == 2**62 + 2**62 - 2**61

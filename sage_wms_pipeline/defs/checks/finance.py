@@ -1,12 +1,15 @@
-"""Checks on the finance assets: inventory and valuation drift, free stock, data contracts.
+"""Checks on the finance assets: inventory and valuation drift, free stock, data contracts, and the
+gate that keeps the month-end figures off failing parity.
 
-Inventory drift, valuation drift and the data contracts are blocking: an ERROR stops everything
-downstream in the same run, so no month-end figures are built on parity that fails. Thresholds
-come from the policy (see `domain.checks` for the severity rules).
+The drift checks report honestly (WARN or ERROR by policy) and do not block. Blocking is done by one
+check, `stock_parity › finance_gate`: in a run that rebuilds stock_parity, material drift fails it
+and Dagster skips everything downstream (valuation, exceptions), so no month-end figures are built
+on failing parity. In a run that did not rebuild parity (the daily sync check runs every check
+against the stored tables) the gate passes: nothing is being built from a new parity there, and
+the morning's exceptions digest must not be lost to a blocked run.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition.
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -54,24 +57,64 @@ def parity_with_values(engine: sa.Engine, parity: pd.DataFrame) -> tuple[pd.Data
 @dg.asset_check(
     asset="stock_parity",
     name="inventory_drift",
-    blocking=True,
     description=(
         "SKU-warehouse lines whose unexplained variance is outside the policy tolerance. WARN; ERROR "
-        "(blocking) when a line's unexplained value exceeds the value materiality."
+        "when a line's unexplained value exceeds the value materiality (finance_gate then blocks)."
     ),
 )
 def inventory_drift(parity_db: ParityDatabase, policy: PolicyResource) -> dg.AssetCheckResult:
-    db = parity_db.database()
-    parity = db.read_table("stock_parity")
-    valued, source = parity_with_values(db.engine, parity)
-    finding = checks.inventory_drift(valued, checks.Thresholds.from_policy(policy.load()))
+    finding, source = _drift(parity_db, policy)
     return result_from(finding, {"valued_from": source})
+
+
+def _drift(parity_db: ParityDatabase, policy: PolicyResource) -> tuple[checks.Finding, str]:
+    db = parity_db.database()
+    valued, source = parity_with_values(db.engine, db.read_table("stock_parity"))
+    return checks.inventory_drift(valued, checks.Thresholds.from_policy(policy.load())), source
+
+
+def rebuilt_in_this_run(context: dg.AssetCheckExecutionContext, asset: str) -> bool:
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return event is not None and event.run_id == context.run.run_id
+
+
+@dg.asset_check(
+    asset="stock_parity",
+    name="finance_gate",
+    blocking=True,
+    description=(
+        "Blocks valuation and everything else downstream of stock_parity in a run that rebuilt parity "
+        "with material unexplained drift (inventory_drift at ERROR). Passes in runs that did not rebuild it."
+    ),
+)
+def finance_gate(
+    context: dg.AssetCheckExecutionContext, parity_db: ParityDatabase, policy: PolicyResource
+) -> dg.AssetCheckResult:
+    if not rebuilt_in_this_run(context, "stock_parity"):
+        note = "stock_parity was not rebuilt in this run: nothing downstream is built from a new parity"
+        return dg.AssetCheckResult(passed=True, description=note, metadata={"summary": note, "gated": False})
+    finding, _ = _drift(parity_db, policy)
+    material = int(finding.figures["material_lines"])
+    summary = (
+        f"parity rebuilt with {material} material line(s): downstream finance figures not built"
+        if material
+        else "parity rebuilt with no material drift: downstream may build"
+    )
+    metadata: dict[str, object] = {"summary": summary, "gated": True, "material_lines": material}
+    if material:
+        # Rows come largest value first, so the material lines lead.
+        metadata["rows_at_fault"] = dg.MetadataValue.md(
+            checks.markdown_table(finding.rows.head(material), finding.row_limit)
+        )
+        metadata["records"] = dg.MetadataValue.json(list(finding.records[: min(material, 50)]))
+    return dg.AssetCheckResult(
+        passed=material == 0, severity=dg.AssetCheckSeverity.ERROR, description=summary, metadata=metadata
+    )
 
 
 @dg.asset_check(
     asset="valuation_deltas",
     name="valuation_drift",
-    blocking=True,
     description=(
         "Unexplained value, net and absolute. WARN when any; ERROR when the absolute total exceeds "
         "materiality."
@@ -100,7 +143,6 @@ def free_stock_divergence(parity_db: ParityDatabase, policy: PolicyResource) -> 
 @dg.asset_check(
     asset="valuation_deltas",
     name="gx_data_contracts",
-    blocking=True,
     description=(
         "Great Expectations suite over stock_parity, valuation_deltas and valuation_summary: non-null "
         "keys, one row per SKU and warehouse, summary totals that tie to the detail to the penny."

@@ -421,8 +421,11 @@ def valuation_deltas(parity_db: ParityDatabase, policy: PolicyResource) -> dg.Ma
 
 
 def _sync_illusions(db: Database, policy: Policy, now: datetime) -> dict[str, dict[str, Any]]:
-    """WMS-despatched orders still open in Sage (outstanding stock lines) past the SLA."""
-    w, o, lt = store.wms_orders, store.sage_orders, store.sage_order_lines
+    """WMS-despatched orders still open in Sage past the SLA: Live, with a line the WMS ships (a stock
+    item, or miscellaneous when the policy sends those) not fully despatched. Service lines stay
+    outstanding in Sage by design and do not count."""
+    w, o, lt, p = store.wms_orders, store.sage_orders, store.sage_order_lines, core.sage_products
+    shipped = ["Stock", "Miscellaneous"] if policy.manifest.miscellaneous_lines == "include" else ["Stock"]
     with db.read() as conn:
         despatched = conn.execute(
             sa.select(w.c.order_number, w.c.despatched_at).where(
@@ -433,8 +436,10 @@ def _sync_illusions(db: Database, policy: Policy, now: datetime) -> dict[str, di
             conn.execute(
                 sa.select(lt.c.document_no)
                 .join(o, o.c.id == lt.c.order_id)
+                .join(p, p.c.sku == lt.c.code)
                 .where(
                     o.c.document_status == "EnumDocumentStatusLive",
+                    p.c.product_type.in_(shipped),
                     lt.c.line_type == "EnumLineTypeStandard",
                     lt.c.line_quantity > lt.c.despatch_receipt_quantity,
                 )
@@ -541,6 +546,7 @@ def sync_exceptions(parity_db: ParityDatabase, policy: PolicyResource) -> dg.Mat
                     "despatch_stuck",
                     "orphaned_shipment",
                     "unknown_sku",
+                    "unmapped_adjustment",
                     "quarantined_input",
                     "manifest_refused",
                     "unmapped_stock",

@@ -72,7 +72,9 @@ def live_orders_to_send(db: Database) -> pd.DataFrame:
     """Live Sage orders with a manifest still to send: none built yet (and the order is not in the WMS
     already under its own number), or built and not all sent (a part the WMS refused last time)."""
     o, m, w = store.sage_orders, core.order_manifests, store.wms_orders
-    planned = sa.select(m.c.sage_order_id)
+    x = core.order_manifest_excluded
+    # An order whose lines were all excluded (nothing to ship) has been planned too.
+    planned = sa.union(sa.select(m.c.sage_order_id), sa.select(x.c.sage_order_id))
     unsent = sa.select(m.c.sage_order_id).where(m.c.sent_at.is_(None))
     in_wms = sa.select(w.c.order_number)
     query = (
@@ -172,7 +174,7 @@ def order_manifests(
         store.sage_order_lines.c.order_id.in_(orders["id"].tolist()) if len(orders) else sa.false(),
     )
     lines_by_order = {k: g.sort_values("id") for k, g in lines.groupby("order_id")} if len(lines) else {}
-    created, existing, refused, excluded = [], [], [], 0
+    created, existing, excluded = [], [], 0
     failing: dict[str, tuple[str, dict[str, Any]]] = {}
     with wms.client() as client:
         for header in orders.to_dict("records"):
@@ -202,7 +204,6 @@ def order_manifests(
                         kind,
                         {"order": doc, "manifest": m.order_number, "error": str(exc)},
                     )
-                    refused.append(m.order_number)
                     continue
                 db.mark_manifest_sent(m.order_number, int(result.order_id))
                 (created if result.created else existing).append(m.order_number)
@@ -224,8 +225,7 @@ def order_manifests(
             "orders_considered": len(orders),
             "manifests_created": len(created),
             "manifests_already_in_wms": len(existing),
-            "manifests_refused": len(refused)
-            + sum(1 for k, _ in failing.values() if k == "manifest_refused"),
+            "manifests_refused": len(failing),
             "excluded_lines": excluded,
             "manifests_sent_total": int(sent_total),
             "created": dg.MetadataValue.text(", ".join(created[:50])),
@@ -787,11 +787,12 @@ def stock_adjustments(
             posted, failed = post_stocktakes(client, db, context.log)
     for key in unmapped:
         db.record_exception(
-            "unknown_sku",
+            "unmapped_adjustment",
             key,
             {"source": key, "reason": "no Sage mapping for the WMS SKU or warehouse"},
             "operations",
         )
+    db.resolve_exceptions("unmapped_adjustment", unmapped)
     table = store.read_frame(db.engine, store.stock_adjustments)
     proposed = table[table["state"] == "proposed"]
     value = sum(proposed["value"], Decimal(0)) if len(proposed) else Decimal(0)

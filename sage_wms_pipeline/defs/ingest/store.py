@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.storage import tables as core
+from sage_wms_pipeline.storage.db import Database
 
 metadata = sa.MetaData()
 QTY = core.QTY
@@ -199,8 +200,14 @@ def plot_number(value: Decimal | int) -> int | float:
     return int(d) if d == d.to_integral_value() else float(d)
 
 
-def ensure_tables(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
+_DDL_LOCK = 0x5A6E_3D02  # PostgreSQL advisory lock: two processes starting together create once
+
+
+def ensure_tables(db: Database) -> None:
+    """Create the tables above if missing, in one write transaction (serialised across processes)."""
+    with db.write() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _DDL_LOCK})
         metadata.create_all(conn, checkfirst=True)
 
 

@@ -11,8 +11,10 @@ cursor was not saved) or a tick after the cursor was reset finds the same events
 Dagster has already launched and is skipped. Even a differently-keyed run cannot post twice: the
 outbox is keyed by the events' dedupe keys.
 
-Cost: a tick reads the lookback window (a few thousand orders at peak, tens of pages). The first
-tick, or one after a reset, reads all despatches the WMS still lists, once.
+Cost: a tick reads the look-back window; the first tick, or one after a reset, reads everything the
+WMS still lists, once. Measured against the simulator (benchmarks/bench_despatch_sensor.py) with
+20,000 despatched orders all inside the window, the worst case: 23 s a tick, cursor 210 KiB, the
+sensor's own work 0.05 s; Dagster's limit is 60 s. It reads through `light_client`, below.
 
 The cursor is JSON: ``{"wms": <client cursor>, "seen": {despatched_at epoch s: base64 fingerprints}}``.
 """
