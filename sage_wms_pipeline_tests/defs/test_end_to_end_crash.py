@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -165,5 +166,23 @@ def test_posting_applied_in_sage_but_not_recorded_is_not_repeated(
 
     time.sleep(2.5)
     pipeline.materialize("despatch_postings")
+    assert set(outbox_states(pipeline)) == {"posted"}, outbox_states(pipeline)
+    assert_sage_matches_wms_despatches(pipeline)
+
+
+def test_lost_sage_answers_are_settled_without_double_posting(sandbox: Any, tmp_path: Path) -> None:
+    """Sage applies a despatch but the answer is lost (504) — three times over: still posted once."""
+    pipeline = prepared(sandbox, tmp_path, seed=23)
+    for _ in range(3):
+        httpx.post(
+            f"{pipeline.sage_url}/_sandbox/drop_next_response",
+            json={"method": "POST", "path_contains": "sop_confirm_despatch", "status": 504},
+            timeout=30,
+        ).raise_for_status()
+    for _ in range(5):
+        pipeline.materialize("despatch_postings")
+        if set(outbox_states(pipeline)) == {"posted"}:
+            break
+        time.sleep(1.5)  # an answer lost on every attempt defers the rows (backoff 1 s)
     assert set(outbox_states(pipeline)) == {"posted"}, outbox_states(pipeline)
     assert_sage_matches_wms_despatches(pipeline)
