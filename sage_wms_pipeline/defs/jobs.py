@@ -23,15 +23,18 @@ stock_availability_job = dg.define_asset_job(
 order_manifest_job = dg.define_asset_job(
     name="order_manifest_job",
     description="Send live Sage orders not yet in the WMS to the WMS (idempotent).",
-    selection=dg.AssetSelection.assets("sage_sales_orders", "wms_orders", "order_manifests"),
+    # sage_products is in the job so a fresh install can send orders without a parity run first.
+    selection=dg.AssetSelection.assets("sage_products", "sage_sales_orders", "wms_orders", "order_manifests"),
 )
 
 despatch_posting_job = dg.define_asset_job(
     name="despatch_posting_job",
     description="Post WMS despatches (or orders at the pick/pack trigger) to Sage through the outbox, "
     "then read Sage's despatches back.",
+    # The Sage order lines are read first, or a despatch of an order sent since the last manifest
+    # run would look orphaned (no Sage line) until then.
     selection=dg.AssetSelection.assets(
-        "wms_despatches", "wms_orders", "despatch_postings", "sage_despatches"
+        "wms_despatches", "wms_orders", "sage_sales_orders", "despatch_postings", "sage_despatches"
     ),
 )
 

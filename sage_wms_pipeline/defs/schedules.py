@@ -18,6 +18,7 @@ import dagster as dg
 from sage_wms_pipeline.defs.jobs import (
     month_end_job,
     order_manifest_job,
+    stock_adjustment_job,
     stock_availability_job,
     stock_parity_job,
     sync_check_job,
@@ -59,6 +60,18 @@ order_manifest_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC",
     default_status=schedule_status(),
     description="Send live Sage orders not yet in the WMS every 5 minutes (at :02, :07, … UTC and UK local).",
+)
+
+stock_adjustment_schedule = dg.ScheduleDefinition(
+    name="stock_adjustment_schedule",
+    job=stock_adjustment_job,
+    cron_schedule="15,45 * * * *",
+    execution_timezone="UTC",
+    default_status=schedule_status(),
+    description=(
+        "Bring WMS receipts, graded returns, write-offs and counts to Sage (or to finance's proposed "
+        "adjustments, per the restock authority) every 30 minutes, at :15 and :45 UTC and UK local."
+    ),
 )
 
 daily_sync_check_schedule = dg.ScheduleDefinition(
