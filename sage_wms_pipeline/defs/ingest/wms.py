@@ -29,12 +29,20 @@ from sage_wms_pipeline.defs.freshness import freshness_for
 from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, WmsResource
 from sage_wms_pipeline.storage import tables as core
+from sage_wms_pipeline.storage.db import Database
 
 GROUP = "wms_ingest"
 KINDS = {"mintsoft", "python"}
 INGEST_RETRY = dg.RetryPolicy(
     max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+
+
+def _known_order_ids(db: Database) -> list[str]:
+    """Orders already held in wms_orders are real: the client need not look each one up again, which
+    on a peak day is one extra request per order (20,000 orders: ~130 s instead of ~20 s)."""
+    with db.read() as conn:
+        return list(conn.execute(sa.select(store.wms_orders.c.order_id)).scalars())
 
 
 def _wh(value: str | None) -> int | None:
@@ -145,6 +153,7 @@ def wms_orders(wms: WmsResource, parity_db: ParityDatabase) -> dg.MaterializeRes
     db = parity_db.database()
     cursor = db.get_cursor("wms_orders")
     with wms.client() as client:
+        client.remember_orders(_known_order_ids(db))
         batch = client.orders_changed_since(cursor)
     with db.write() as conn:
         applied = apply_orders(conn, batch.records)
@@ -210,6 +219,7 @@ def wms_despatches(wms: WmsResource, parity_db: ParityDatabase) -> dg.Materializ
     db = parity_db.database()
     cursor = db.get_cursor("wms_despatches")
     with wms.client() as client:
+        client.remember_orders(_known_order_ids(db))
         batch = client.despatches_since(cursor)
     rows, bad = despatch_rows(batch.records)
     with db.write() as conn:
@@ -333,6 +343,7 @@ def wms_returns(wms: WmsResource, parity_db: ParityDatabase) -> dg.MaterializeRe
     db = parity_db.database()
     cursor = db.get_cursor("wms_returns")
     with wms.client() as client:
+        client.remember_orders(_known_order_ids(db))
         batch = client.returns_since(cursor)
     rows = [
         {
