@@ -29,6 +29,7 @@ def demo_environment(sage_port: int, wms_port: int, runtime: Path) -> dict[str, 
     sage_base = f"http://127.0.0.1:{sage_port}"
     return {
         "SAGE_WMS_DEMO": "1",
+        "SAGE_WMS_PARITY_AUDIT_CRON": "*/10 * * * *",
         "DAGSTER_HOME": str(runtime / "dagster_home"),
         "SAGE200_BASE_URL": f"{sage_base}/uk/sage200extra/accounts/v1/",
         "SAGE200_TOKEN_URL": f"{sage_base}/oauth/token",
