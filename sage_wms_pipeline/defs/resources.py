@@ -28,8 +28,8 @@ from sage_wms_pipeline import settings
 from sage_wms_pipeline.clients.sage200.client import Sage200Client
 from sage_wms_pipeline.clients.sage200.config import Sage200Config
 from sage_wms_pipeline.clients.wms.base import WmsClient
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.domain.policy import Policy, load_policy
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage.db import Database
 
 DEMO_SAGE_ROOT = "http://127.0.0.1:8200"

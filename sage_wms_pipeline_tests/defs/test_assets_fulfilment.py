@@ -13,10 +13,10 @@ import sqlalchemy as sa
 
 from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.clients.wms.base import ManifestLine, OrderManifest
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import PolicyResource
 from sage_wms_pipeline.domain.manifests import parse_order_number
 from sage_wms_pipeline.domain.policy import load_policy
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables as core
 from sage_wms_pipeline_tests.defs.conftest import INGEST, Pipeline, pipeline_resources, quiet, write_policy
 from sage_wms_pipeline_tests.defs.test_end_to_end import (

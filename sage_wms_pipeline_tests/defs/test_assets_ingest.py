@@ -9,8 +9,8 @@ import httpx
 import sqlalchemy as sa
 
 from sage_wms_pipeline import jsonutil
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.domain.manifests import parse_order_number
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables as core
 from sage_wms_pipeline_tests.defs.conftest import Pipeline
 from sage_wms_pipeline_tests.defs.test_end_to_end import MintsoftReader

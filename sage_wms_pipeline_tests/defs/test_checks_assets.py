@@ -17,13 +17,13 @@ import sqlalchemy as sa
 import yaml
 
 from sage_wms_pipeline.defs.checks import contracts, finance, fulfilment
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource
 from sage_wms_pipeline.domain.available_stock import available_stock
 from sage_wms_pipeline.domain.manifests import SageOrder, SageOrderLine, build_manifests
 from sage_wms_pipeline.domain.parity import stock_parity
 from sage_wms_pipeline.domain.policy import validate_policy
 from sage_wms_pipeline.domain.valuation import valuation_deltas
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables
 
 E5 = 10**5

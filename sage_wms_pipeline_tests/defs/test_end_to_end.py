@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 
 from sage_wms_pipeline import jsonutil
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.domain.policy import load_policy
 from sage_wms_pipeline.scenario.generate import generate
 from sage_wms_pipeline.scenario.io import read_scenario
 from sage_wms_pipeline.scenario.model import Scenario
 from sage_wms_pipeline.settings import demo_scenario_path
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables as core
 from sage_wms_pipeline_tests.defs.conftest import (
     INGEST,

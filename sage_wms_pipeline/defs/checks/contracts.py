@@ -12,9 +12,9 @@ import dagster as dg
 import sqlalchemy as sa
 
 from sage_wms_pipeline.defs.checks._support import read_table, result_from
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase
 from sage_wms_pipeline.domain import checks
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables
 
 # table -> the asset that writes it
@@ -31,7 +31,7 @@ CONTRACT_ASSETS: dict[str, str] = {
 
 
 def _table(name: str) -> sa.Table:
-    # Core tables live in storage.tables; the incremental ingest keeps its own in defs.ingest.store.
+    # Core tables live in storage.tables; the incremental ingest keeps its own in storage.ingest_tables.
     core = tables.metadata.tables.get(name)
     return core if core is not None else store.metadata.tables[name]
 

@@ -12,10 +12,10 @@ import pandas as pd
 
 from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.defs.checks._support import read_table, result_from, to_e5
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource
 from sage_wms_pipeline.domain import checks
 from sage_wms_pipeline.domain.manifests import parse_order_number
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables
 
 SAGE_OPEN_STATUS = "EnumDocumentStatusLive"

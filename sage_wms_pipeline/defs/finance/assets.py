@@ -20,7 +20,6 @@ from pydantic import Field
 
 from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.defs.freshness import freshness_for
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource, policy_metadata
 from sage_wms_pipeline.domain import available_stock as available_mod
 from sage_wms_pipeline.domain import parity as parity_mod
@@ -28,6 +27,7 @@ from sage_wms_pipeline.domain import valuation as valuation_mod
 from sage_wms_pipeline.domain.mapping import to_sage_keys
 from sage_wms_pipeline.domain.policy import Policy
 from sage_wms_pipeline.domain.units import QTY_SCALE, pence_to_gbp, to_e5
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables as core
 from sage_wms_pipeline.storage.db import Database
 

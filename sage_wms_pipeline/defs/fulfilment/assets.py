@@ -35,7 +35,6 @@ from sage_wms_pipeline.clients.sage200.errors import (
 )
 from sage_wms_pipeline.clients.wms.base import ManifestLine, OrderManifest, WmsValidationError
 from sage_wms_pipeline.defs.freshness import freshness_for
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import (
     ParityDatabase,
     PolicyResource,
@@ -53,6 +52,7 @@ from sage_wms_pipeline.domain.manifests import (
     parse_order_number,
 )
 from sage_wms_pipeline.domain.policy import Policy
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables as core
 from sage_wms_pipeline.storage.db import Database
 

@@ -17,8 +17,8 @@ from sage_wms_pipeline import jsonutil
 from sage_wms_pipeline.clients.sage200.client import Sage200Client
 from sage_wms_pipeline.clients.sage200.errors import NotFoundError
 from sage_wms_pipeline.defs.freshness import freshness_for
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, Sage200Resource
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables as core
 
 GROUP = "sage_ingest"

@@ -26,8 +26,8 @@ from sage_wms_pipeline.clients.wms.base import (
     status_accepts,
 )
 from sage_wms_pipeline.defs.freshness import freshness_for
-from sage_wms_pipeline.defs.ingest import store
 from sage_wms_pipeline.defs.resources import ParityDatabase, WmsResource
+from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables as core
 from sage_wms_pipeline.storage.db import Database
 

@@ -2,9 +2,9 @@
 
 `storage.tables` holds the derived tables, the outbox, cursors, quarantine and four raw snapshots.
 The incremental ingest needs a few more (orders and their lines on both sides, Sage despatches,
-WMS movements, returns and receipts, proposed stock adjustments). They live here in their own
-MetaData, created with `checkfirst` when the database resource starts, so the storage layer's
-versioned migrations stay untouched. (Candidates to move into `storage.tables` + a migration.)
+WMS movements, returns and receipts, proposed stock adjustments). They have their own MetaData,
+created with `checkfirst` when the database resource starts, outside the versioned migrations of
+`storage.migrations` (folding them into a migration is still to do).
 
 Quantities and money are NUMERIC(18, 5) holding Decimal, as in `storage.tables`.
 """
