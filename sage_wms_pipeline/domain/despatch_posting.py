@@ -133,8 +133,11 @@ def plan_postings(
         qty = to_sage_quantity(line.quantity, sku.wms_units_per_sage_unit)
         if qty is None or qty <= 0:
             plan.orphans.append(
-                Orphan(line, f"quantity {line.quantity} is not a positive whole number of Sage units at 5 dp "
-                       f"({sku.wms_units_per_sage_unit} WMS units per Sage unit)")
+                Orphan(
+                    line,
+                    f"quantity {line.quantity} is not a positive whole number of Sage units at 5 dp "
+                    f"({sku.wms_units_per_sage_unit} WMS units per Sage unit)",
+                )
             )
             continue
         # The full number first: a Sage document number may itself end in -<digits>.
@@ -142,7 +145,8 @@ def plan_postings(
         candidates = index.get((doc, sku.sage_code, warehouse))
         if not candidates:
             reason = (
-                f"no Sage order {doc}" if doc not in docs
+                f"no Sage order {doc}"
+                if doc not in docs
                 else f"order {doc} has no open line for {sku.sage_code} in {warehouse}"
             )
             plan.orphans.append(Orphan(line, reason, qty))
@@ -158,8 +162,13 @@ def plan_postings(
                 # Over-despatch: post what is outstanding and report the excess.
                 if avail > 0:
                     plan.postings.append(_posting(line, s, avail, len(candidates) > 1))
-                plan.orphans.append(Orphan(line, f"exceeds outstanding quantity on {doc} line {s.line_id}",
-                                           take - max(avail, Decimal(0))))
+                plan.orphans.append(
+                    Orphan(
+                        line,
+                        f"exceeds outstanding quantity on {doc} line {s.line_id}",
+                        take - max(avail, Decimal(0)),
+                    )
+                )
                 remaining[s.line_id] = Decimal(0)
                 left = Decimal(0)
                 break
@@ -174,14 +183,18 @@ def plan_postings(
 def _posting(line: WmsDespatchLine, s: SageOpenLine, qty: Decimal, split: bool) -> Posting:
     key = f"{line.dedupe_key}@{s.line_id}" if split else line.dedupe_key
     return Posting(
-        dedupe_key=key, order_id=s.order_id, document_no=s.document_no, line_id=s.line_id,
-        sku=s.sku, warehouse=s.warehouse, quantity=qty, source=line,
+        dedupe_key=key,
+        order_id=s.order_id,
+        document_no=s.document_no,
+        line_id=s.line_id,
+        sku=s.sku,
+        warehouse=s.warehouse,
+        quantity=qty,
+        source=line,
     )
 
 
-def overdue_in_sage(
-    despatched_at: datetime, sage_still_open: bool, now: datetime, policy: Policy
-) -> bool:
+def overdue_in_sage(despatched_at: datetime, sage_still_open: bool, now: datetime, policy: Policy) -> bool:
     """A WMS-despatched order still open in Sage past the SLA is an exception."""
     sla = timedelta(seconds=int(policy.despatch_sla_hours * 3600))
     return sage_still_open and now - despatched_at > sla

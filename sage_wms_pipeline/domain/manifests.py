@@ -59,8 +59,10 @@ class SageOrder(_Model):
     lines: list[SageOrderLine]
 
     def total(self) -> Decimal:
-        return self.total_net_value if self.total_net_value is not None else sum(
-            (line.total() for line in self.lines), Decimal(0)
+        return (
+            self.total_net_value
+            if self.total_net_value is not None
+            else sum((line.total() for line in self.lines), Decimal(0))
         )
 
 
@@ -133,9 +135,14 @@ def build_manifests(order: SageOrder, policy: Policy) -> ManifestPlan:
         if reason is not None:
             excluded.append(
                 ExcludedLine(
-                    sage_order_id=order.id, sage_document_no=order.document_no, sage_line_id=line.id,
-                    line_type=line.line_type, code=line.code, description=line.description,
-                    reason=reason, line_total=line.total(),
+                    sage_order_id=order.id,
+                    sage_document_no=order.document_no,
+                    sage_line_id=line.id,
+                    line_type=line.line_type,
+                    code=line.code,
+                    description=line.description,
+                    reason=reason,
+                    line_total=line.total(),
                 )
             )
             continue
@@ -157,17 +164,25 @@ def build_manifests(order: SageOrder, policy: Policy) -> ManifestPlan:
         factor = Decimal(sku.wms_units_per_sage_unit)
         by_warehouse.setdefault(line.warehouse_name, []).append(
             ManifestLine(
-                sage_line_id=line.id, sku=line.code, wms_sku=sku.wms_sku,
-                sage_quantity=line.line_quantity, quantity=line.line_quantity * factor,
+                sage_line_id=line.id,
+                sku=line.code,
+                wms_sku=sku.wms_sku,
+                sage_quantity=line.line_quantity,
+                quantity=line.line_quantity * factor,
                 # The WMS price is informational; the line total keeps Sage's exact value.
-                unit_price=line.selling_unit_price / factor, line_total=line.total(),
+                unit_price=line.selling_unit_price / factor,
+                line_total=line.total(),
             )
         )
     manifests = [
         Manifest(
-            order_number=part_number(order.document_no, part), sage_order_id=order.id,
-            sage_document_no=order.document_no, part=part, warehouse=warehouse,
-            wms_warehouse_id=policy.wms_warehouse_id(warehouse), lines=lines,
+            order_number=part_number(order.document_no, part),
+            sage_order_id=order.id,
+            sage_document_no=order.document_no,
+            part=part,
+            warehouse=warehouse,
+            wms_warehouse_id=policy.wms_warehouse_id(warehouse),
+            lines=lines,
         )
         for part, (warehouse, lines) in enumerate(by_warehouse.items(), start=1)
     ]

@@ -154,7 +154,11 @@ def stock_parity(
     df = _attach_explanations(df, _explanations(explanations, policy, cut) if len(explanations) else None)
 
     int_cols = [
-        "wms_qty_e5", "sage_qty_e5", "quarantine_e5", "uom_e5", "in_flight_despatch_e5",
+        "wms_qty_e5",
+        "sage_qty_e5",
+        "quarantine_e5",
+        "uom_e5",
+        "in_flight_despatch_e5",
         "receipts_not_in_sage_e5",
     ]
     for col in int_cols:

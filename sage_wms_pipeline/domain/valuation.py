@@ -43,8 +43,14 @@ def _fifo_values(
     need = np.abs(qty)
     taken = np.zeros(n, dtype=np.int64)
     totals: np.ndarray = np.zeros(n, dtype=np.int64)
-    want = pd.DataFrame({"row": np.arange(n), "need": need, "sku": rows["sku"].to_numpy(),
-                         "warehouse": rows["warehouse"].to_numpy()})
+    want = pd.DataFrame(
+        {
+            "row": np.arange(n),
+            "need": need,
+            "sku": rows["sku"].to_numpy(),
+            "warehouse": rows["warehouse"].to_numpy(),
+        }
+    )
     m = want[want["need"] > 0].merge(layers[[*KEY, "received_at", "quantity_e5", "unit_cost_e5"]], on=KEY)
     # Sort only the layers in play, by integer row then age: cheap even with many layers on file.
     m = m.sort_values(["row", "received_at"], ascending=[True, not newest_first], kind="stable")
@@ -108,8 +114,10 @@ def valuation_deltas(
 
     fifo = method == "FIFO"
     if fifo.any():
-        layers = fifo_layers if fifo_layers is not None else pd.DataFrame(
-            columns=[*KEY, "received_at", "quantity_e5", "unit_cost_e5"]
+        layers = (
+            fifo_layers
+            if fifo_layers is not None
+            else pd.DataFrame(columns=[*KEY, "received_at", "quantity_e5", "unit_cost_e5"])
         )
         newest = policy.fifo_variance_layers == "newest_first"
         rows = df.loc[fifo].reset_index(drop=True)
