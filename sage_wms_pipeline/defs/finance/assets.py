@@ -24,6 +24,7 @@ from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource, pol
 from sage_wms_pipeline.domain import available_stock as available_mod
 from sage_wms_pipeline.domain import parity as parity_mod
 from sage_wms_pipeline.domain import valuation as valuation_mod
+from sage_wms_pipeline.domain.despatch_posting import overdue_in_sage
 from sage_wms_pipeline.domain.mapping import to_sage_keys
 from sage_wms_pipeline.domain.policy import Policy
 from sage_wms_pipeline.domain.units import QTY_SCALE, pence_to_gbp, to_e5
@@ -445,7 +446,6 @@ def _sync_illusions(db: Database, policy: Policy, now: datetime) -> dict[str, di
                 )
             ).scalars()
         )
-    sla = timedelta(seconds=int(policy.despatch_sla_hours * 3600))
     found: dict[str, dict[str, Any]] = {}
     for r in despatched:
         doc = (
@@ -455,7 +455,7 @@ def _sync_illusions(db: Database, policy: Policy, now: datetime) -> dict[str, di
         )
         at = pd.Timestamp(r.despatched_at)
         at = (at.tz_localize("UTC") if at.tzinfo is None else at).to_pydatetime()
-        if doc in open_docs and now - at > sla:
+        if overdue_in_sage(at, doc in open_docs, now, policy):
             prior = found.get(doc)
             if prior is None or at.isoformat() < prior["despatched_at"]:
                 found[doc] = {
