@@ -172,31 +172,34 @@ def policy_metadata(policy: Policy) -> dict[str, Any]:
     }
 
 
-def _env(name: str, default: str | None) -> str | None:
-    value = os.environ.get(name)
-    return value if value else default
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _env_optional(name: str) -> str | None:
+    return os.environ.get(name) or None
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The production wiring: non-secrets read now (with demo defaults), secrets as EnvVar."""
     return {
         "sage": Sage200Resource(
-            base_url=_env("SAGE200_BASE_URL", DEMO_SAGE_BASE_URL) or DEMO_SAGE_BASE_URL,
-            token_url=_env("SAGE200_TOKEN_URL", DEMO_SAGE_TOKEN_URL) or DEMO_SAGE_TOKEN_URL,
-            site_id=_env("SAGE200_SITE_ID", None),
-            company_id=_env("SAGE200_COMPANY_ID", None),
-            client_id=_env("SAGE200_CLIENT_ID", "sandbox") or "sandbox",
+            base_url=_env("SAGE200_BASE_URL", DEMO_SAGE_BASE_URL),
+            token_url=_env("SAGE200_TOKEN_URL", DEMO_SAGE_TOKEN_URL),
+            site_id=_env_optional("SAGE200_SITE_ID"),
+            company_id=_env_optional("SAGE200_COMPANY_ID"),
+            client_id=_env("SAGE200_CLIENT_ID", "sandbox"),
             client_secret=dg.EnvVar("SAGE200_CLIENT_SECRET"),
             refresh_token=dg.EnvVar("SAGE200_REFRESH_TOKEN"),
-            token_store=_env("SAGE200_TOKEN_STORE", None),
+            token_store=_env_optional("SAGE200_TOKEN_STORE"),
         ),
         "wms": WmsResource(
-            base_url=_env("MINTSOFT_BASE_URL", DEMO_WMS_BASE_URL) or DEMO_WMS_BASE_URL,
-            username=_env("MINTSOFT_USERNAME", "sandbox") or "sandbox",
+            base_url=_env("MINTSOFT_BASE_URL", DEMO_WMS_BASE_URL),
+            username=_env("MINTSOFT_USERNAME", "sandbox"),
             password=dg.EnvVar("MINTSOFT_PASSWORD"),
         ),
-        "parity_db": ParityDatabase(url=_env("SAGE_WMS_DATABASE_URL", None) or default_database_url()),
-        "policy": PolicyResource(path=_env("SAGE_WMS_POLICY_FILE", None)),
+        "parity_db": ParityDatabase(url=_env_optional("SAGE_WMS_DATABASE_URL") or default_database_url()),
+        "policy": PolicyResource(path=_env_optional("SAGE_WMS_POLICY_FILE")),
     }
 
 
