@@ -99,3 +99,25 @@ def test_wms_ingest_dedupes_orders_monotonically_and_quarantines_junk(pipeline: 
     with pipeline.db.read() as conn:
         cursors = dict(conn.execute(sa.select(core.ingest_cursors.c.name, core.ingest_cursors.c.value)).all())
     assert {"wms_orders", "wms_despatches", "wms_stock_movements"} <= set(cursors)
+
+
+def test_a_record_whose_warehouse_id_is_not_a_number_is_quarantined_not_dropped() -> None:
+    from datetime import UTC, datetime
+
+    from sage_wms_pipeline.clients.wms.base import StockPosition
+    from sage_wms_pipeline.defs.ingest.wms import _by_warehouse
+
+    def position(warehouse_id: str) -> StockPosition:
+        n = Decimal(5)
+        return StockPosition(
+            vendor="mintsoft", sku="MUG-STONE", warehouse_id=warehouse_id, physical=n, allocated=Decimal(0),
+            free=n, quarantine=Decimal(0), inbound=Decimal(0), as_of=datetime(2026, 11, 23, tzinfo=UTC),
+            dedupe_key=f"k-{warehouse_id}",
+        )  # fmt: skip
+
+    kept, bad = _by_warehouse([position("2"), position("LEEDS")], "stock", lambda p: f"stock {p.sku}")
+    assert [(p.warehouse_id, wh) for p, wh in kept] == [("2", 2)]
+    assert [(q.source, q.reason, q.dedupe_key) for q in bad] == [
+        ("stock", "stock MUG-STONE: warehouse_id: 'LEEDS' is not a number", "k-LEEDS")
+    ]
+    assert bad[0].payload["warehouse_id"] == "LEEDS"

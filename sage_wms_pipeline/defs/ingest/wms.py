@@ -9,7 +9,7 @@ changes nothing. Malformed records go to `wms_quarantine` with their reason, nev
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +47,30 @@ def _known_order_ids(db: Database) -> list[str]:
 
 def _wh(value: str | None) -> int | None:
     return int(value) if value is not None and str(value).isdigit() else None
+
+
+def _by_warehouse(
+    records: Sequence[Any], source: str, label: Callable[[Any], str]
+) -> tuple[list[tuple[Any, int]], list[QuarantinedRecord]]:
+    """Each record with its numeric WMS warehouse id; one whose id is not a number is quarantined
+    with the reason (naming the record), never dropped."""
+    kept: list[tuple[Any, int]] = []
+    bad: list[QuarantinedRecord] = []
+    for rec in records:
+        wh = _wh(rec.warehouse_id)
+        if wh is None:
+            bad.append(
+                QuarantinedRecord(
+                    vendor=rec.vendor,
+                    source=source,
+                    payload=rec.model_dump(mode="json"),
+                    reason=f"{label(rec)}: warehouse_id: {rec.warehouse_id!r} is not a number",
+                    dedupe_key=getattr(rec, "dedupe_key", None),
+                )
+            )
+        else:
+            kept.append((rec, wh))
+    return kept, bad
 
 
 def _ingest_metadata(batch: Batch[Any], written: int, quarantined: int, cursor: str | None) -> dict[str, Any]:
@@ -247,29 +271,18 @@ def wms_stock_levels(wms: WmsResource, parity_db: ParityDatabase) -> dg.Material
     db = parity_db.database()
     with wms.client() as client:
         batch = client.stock_snapshot()
-    rows, bad = [], []
-    for p in batch.records:
-        wh = _wh(p.warehouse_id)
-        if wh is None:
-            bad.append(
-                QuarantinedRecord(
-                    vendor=p.vendor,
-                    source="stock",
-                    payload=p.model_dump(mode="json"),
-                    reason=f"stock {p.sku}: warehouse_id: {p.warehouse_id!r} is not a number",
-                )
-            )
-            continue
-        rows.append(
-            {
-                "wms_sku": p.sku,
-                "wms_warehouse_id": wh,
-                "level": p.physical,
-                "quarantine": p.quarantine,
-                "allocated": p.allocated,
-                "snapshot_at": p.as_of,
-            }
-        )
+    kept, bad = _by_warehouse(batch.records, "stock", lambda p: f"stock {p.sku}")
+    rows = [
+        {
+            "wms_sku": p.sku,
+            "wms_warehouse_id": wh,
+            "level": p.physical,
+            "quarantine": p.quarantine,
+            "allocated": p.allocated,
+            "snapshot_at": p.as_of,
+        }
+        for p, wh in kept
+    ]
     frame = pd.DataFrame(rows, columns=core.frame_columns(core.wms_stock))
     written = db.replace_table("wms_stock", frame)
     with db.write() as conn:
@@ -295,20 +308,9 @@ def wms_stock_movements(wms: WmsResource, parity_db: ParityDatabase) -> dg.Mater
     cursor = db.get_cursor("wms_stock_movements")
     with wms.client() as client:
         batch = client.stock_movements_since(cursor)
-    rows, bad = [], []
-    for m in batch.records:
-        wh = _wh(m.warehouse_id)
-        if wh is None:
-            bad.append(
-                QuarantinedRecord(
-                    vendor=m.vendor,
-                    source="movements",
-                    payload=m.model_dump(mode="json"),
-                    reason=f"movement {m.movement_id}: warehouse_id: {m.warehouse_id!r}",
-                    dedupe_key=m.dedupe_key,
-                )
-            )
-            continue
+    kept, bad = _by_warehouse(batch.records, "movements", lambda m: f"movement {m.movement_id}")
+    rows = []
+    for m, wh in kept:
         rows.append(
             {
                 "dedupe_key": m.dedupe_key,
@@ -382,20 +384,9 @@ def wms_receipts(wms: WmsResource, parity_db: ParityDatabase) -> dg.MaterializeR
     cursor = db.get_cursor("wms_receipts")
     with wms.client() as client:
         batch = client.receipts_since(cursor)
-    rows, bad = [], []
-    for r in batch.records:
-        wh = _wh(r.warehouse_id)
-        if wh is None:
-            bad.append(
-                QuarantinedRecord(
-                    vendor=r.vendor,
-                    source="receipts",
-                    payload=r.model_dump(mode="json"),
-                    reason=f"ASN {r.asn_id} {r.sku}: warehouse_id: {r.warehouse_id!r}",
-                    dedupe_key=r.dedupe_key,
-                )
-            )
-            continue
+    kept, bad = _by_warehouse(batch.records, "receipts", lambda r: f"ASN {r.asn_id} {r.sku}")
+    rows = []
+    for r, wh in kept:
         rows.append(
             {
                 "asn_id": r.asn_id,
