@@ -12,16 +12,36 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 
 from sage_wms_pipeline import jsonutil, settings
+from sage_wms_pipeline.scenario.model import Scenario
 
-# Demo knobs: one warehouse hour per real minute, and 10% of Sage writes meet a desktop lock,
-# so the UI shows orders flowing and locks being retried within a few minutes.
-DEMO_WMS_CLOCK_SPEED = 60
+# The demo warehouse runs on the wall clock, so a WMS despatch time and its Sage posting time are
+# on one clock and despatch latency means what it says; it works an order in about five minutes
+# instead of about five hours, so the UI shows orders flowing soon after start.
+DEMO_WAREHOUSE = {
+    "clock_speed": Decimal(1),
+    "hours_to_print": Decimal("0.02"),
+    "hours_to_pick": Decimal("0.04"),
+    "hours_to_pack": Decimal("0.01"),
+    "hours_to_despatch": Decimal("0.01"),
+}
+# 10% of Sage writes meet a desktop user's lock, held 20 s: the retries show in the UI.
 DEMO_SAGE_FAULTS = {"lock_rate": "0.10", "lock_seconds": "20"}
+
+
+def demo_scenario(now: datetime) -> Scenario:
+    """data/scenarios/demo.json with the demo warehouse's pace, moved in time to start `now`."""
+    from sage_wms_pipeline.scenario.io import read_scenario
+
+    base = read_scenario(settings.demo_scenario_path())
+    paced = base.model_copy(update={"behaviour": base.behaviour.model_copy(update=DEMO_WAREHOUSE)})
+    return paced.rebased(now)
 
 
 def demo_environment(sage_port: int, wms_port: int, runtime: Path) -> dict[str, str]:
@@ -30,6 +50,7 @@ def demo_environment(sage_port: int, wms_port: int, runtime: Path) -> dict[str, 
     return {
         "SAGE_WMS_DEMO": "1",
         "SAGE_WMS_PARITY_AUDIT_CRON": "*/10 * * * *",
+        "SAGE_WMS_DESPATCH_POLL_SECONDS": "15",
         "DAGSTER_HOME": str(runtime / "dagster_home"),
         "SAGE200_BASE_URL": f"{sage_base}/uk/sage200extra/accounts/v1/",
         "SAGE200_TOKEN_URL": f"{sage_base}/oauth/token",
@@ -43,6 +64,18 @@ def demo_environment(sage_port: int, wms_port: int, runtime: Path) -> dict[str, 
         "SAGE_WMS_DATABASE_URL": f"sqlite:///{runtime / 'pipeline.sqlite'}",
         "GX_ANALYTICS_ENABLED": "false",
     }
+
+
+def load_demo_data(sage_url: str, wms_url: str) -> None:
+    """Load the demo scenario into both simulators, starting now, and set the warehouse clock going."""
+    from sage_wms_pipeline.scenario.io import load_into_sandbox
+
+    load_into_sandbox(demo_scenario(datetime.now(UTC)), sage_url=sage_url, wms_url=wms_url)
+    # A scenario loaded over HTTP holds the warehouse clock still; start it at wall time.
+    _post(
+        f"{wms_url}/_sandbox/clock",
+        {"set": jsonutil.iso_z(datetime.now(UTC)), "speed": DEMO_WAREHOUSE["clock_speed"]},
+    )
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -66,8 +99,13 @@ def _post(url: str, body: object) -> None:
     resp.raise_for_status()
 
 
-def run_demo(sage_port: int, wms_port: int, ui_port: int) -> None:
+def run_demo(sage_port: int, wms_port: int, ui_port: int, fresh: bool = False) -> None:
     runtime = settings.runtime_dir()
+    if fresh:
+        shutil.rmtree(runtime)
+        runtime.mkdir(parents=True)
+    # A first start loads the demo data; a restart carries on from the state it left.
+    first_start = not any((runtime / "sandbox").glob("*"))
     env = {**os.environ, **demo_environment(sage_port, wms_port, runtime)}
     dagster_home = Path(env["DAGSTER_HOME"])
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -92,8 +130,9 @@ def run_demo(sage_port: int, wms_port: int, ui_port: int) -> None:
         sage_url, wms_url = f"http://127.0.0.1:{sage_port}", f"http://127.0.0.1:{wms_port}"
         _wait_healthy(sage_url, sandbox)
         _wait_healthy(wms_url, sandbox)
+        if first_start:
+            load_demo_data(sage_url, wms_url)
         _post(f"{sage_url}/_sandbox/faults", DEMO_SAGE_FAULTS)
-        _post(f"{wms_url}/_sandbox/clock", {"speed": DEMO_WMS_CLOCK_SPEED})
         print(f"\nDagster UI: http://127.0.0.1:{ui_port}   (Ctrl-C stops everything)\n", flush=True)
         dagster = subprocess.Popen(
             [

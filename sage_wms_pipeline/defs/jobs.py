@@ -36,6 +36,9 @@ despatch_posting_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(
         "wms_despatches", "wms_orders", "sage_sales_orders", "despatch_postings", "sage_despatches"
     ),
+    # Its steps are small reads and one writer in sequence: in one process the run starts posting
+    # seconds sooner than with a process per step, which is most of despatch latency after polling.
+    executor_def=dg.in_process_executor,
 )
 
 stock_adjustment_job = dg.define_asset_job(

@@ -62,6 +62,12 @@ class OutboxPolicy(_Strict):
     backoff_base_seconds: int = Field(default=30, ge=1)
     backoff_max_seconds: int = Field(default=3600, ge=1)
     lease_seconds: int = Field(default=300, ge=1, description="A claimed row is due again after this")
+    lock_linger_seconds: int = Field(
+        default=45,
+        ge=0,
+        description="How long a posting run waits for a locked order to come due again before "
+        "leaving it to the retry sensor",
+    )
 
     @model_validator(mode="after")
     def _max_not_below_base(self) -> OutboxPolicy:

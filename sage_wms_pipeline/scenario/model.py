@@ -357,6 +357,26 @@ class Scenario(_Strict):
             raise ValueError(f"{len(problems)} problem(s):\n" + "\n".join(problems[:20]) + more)
         return self
 
+    def rebased(self, starts_at: datetime) -> Scenario:
+        """The same scenario moved in time so it starts at `starts_at`: every timestamp shifts alike.
+
+        The demo loads the scenario rebased to "now", so the warehouse clock, the Sage simulator's
+        wall-clock stamps and the pipeline's own clock are one clock, and times taken on one side
+        (a WMS despatch) can be compared with times taken on the other (its Sage posting).
+        """
+        shift = starts_at - self.starts_at
+
+        def moved(value: object) -> object:
+            if isinstance(value, datetime):
+                return value + shift
+            if isinstance(value, dict):
+                return {k: moved(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [moved(v) for v in value]
+            return value
+
+        return Scenario.model_validate(moved(self.model_dump(mode="python")))
+
     def product(self, sku: str) -> Product:
         return self._products_by_sku()[sku]
 

@@ -496,9 +496,12 @@ class Database:
         policy: Policy,
         *,
         now: datetime | None = None,
+        jitter_key: str | None = None,
     ) -> ob.Decision | None:
         """Record a failed post by the claim holder: deferred with backoff, or stuck (then also a
-        sync exception). None when the claim is no longer held (lease lost or already posted)."""
+        sync exception). None when the claim is no longer held (lease lost or already posted).
+
+        Rows failed together with one `jitter_key` (their order) come due together again."""
         out = tables.despatch_outbox
         t = _now(now)
         with self.write() as conn:
@@ -517,7 +520,7 @@ class Database:
                 now=t,
                 policy=policy,
                 error=error,
-                key=dedupe_key,
+                key=jitter_key or dedupe_key,
             )
             conn.execute(
                 out.update()
@@ -563,6 +566,14 @@ class Database:
                 ).rowcount
                 == 1
             )
+
+    def outbox_next_due(self) -> datetime | None:
+        """When the earliest deferred row is due again (None when nothing is deferred)."""
+        out = tables.despatch_outbox
+        stmt = sa.select(sa.func.min(out.c.next_attempt_at)).where(out.c.state == "deferred")
+        with self.read() as conn:
+            due = conn.execute(stmt).scalar()
+        return None if due is None else _now(due)
 
     def outbox_rows(self, *, state: str | None = None) -> list[Row]:
         out = tables.despatch_outbox

@@ -44,7 +44,10 @@ def open_exceptions(pipeline: Pipeline, kind: str) -> dict[str, dict[str, Any]]:
     return {e["record"]: e for e in pipeline.db.exceptions(open_only=True) if e["kind"] == kind}
 
 
-def test_locked_order_is_deferred_while_others_post_then_stuck_past_the_deadline(pipeline: Pipeline) -> None:
+def test_locked_order_is_deferred_while_others_post_then_stuck_past_the_deadline(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    use_outbox_policy(pipeline, tmp_path, lock_linger_seconds=0)  # left to the retry sensor at once
     despatched_and_queued(pipeline)
     docs = sorted({r["order_number"].split("-")[0] for r in pipeline.query(core.wms_despatches)})
     assert len(docs) >= 3, docs
@@ -84,6 +87,34 @@ def test_locked_order_is_deferred_while_others_post_then_stuck_past_the_deadline
     pipeline.materialize("despatch_postings")
     pipeline.materialize("sync_exceptions")
     assert not open_exceptions(pipeline, "despatch_stuck")
+    assert_sage_matches_wms_despatches(pipeline)
+
+
+def use_outbox_policy(pipeline: Pipeline, tmp_path: Path, **outbox: int) -> None:
+    policy = pipeline.policy
+    policy = policy.model_copy(update={"outbox": policy.outbox.model_copy(update=outbox)})
+    path = write_policy(policy, tmp_path / "policy-outbox.yaml")
+    pipeline.resources["policy"] = PolicyResource(path=str(path))
+
+
+def test_a_desktop_lock_that_clears_is_retried_within_the_run(pipeline: Pipeline, tmp_path: Path) -> None:
+    # The run outlasts the client's own retries, defers the order, waits for it to come due and posts.
+    use_outbox_policy(
+        pipeline, tmp_path, backoff_base_seconds=1, backoff_max_seconds=2, lock_linger_seconds=20
+    )
+    despatched_and_queued(pipeline)
+    docs = sorted({r["order_number"].split("-")[0] for r in pipeline.query(core.wms_despatches)})
+    _post(f"{pipeline.sage_url}/_sandbox/locks", {"document_no": docs[0], "seconds": 2})
+
+    result = pipeline.materialize("despatch_postings")
+    rows = pipeline.query(core.despatch_outbox)
+    assert {r["state"] for r in rows} == {"posted"}
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["deferred_this_run"].value == sum(1 for r in rows if r["document_no"] == docs[0])
+    assert meta["retried_then_posted_this_run"].value == 1
+    assert meta["sage_retries_this_run"].value >= 1
+    served = httpx.get(f"{pipeline.sage_url}/_sandbox/state", timeout=30).json()["faults_served"]
+    assert served["refused_desktop_lock"] >= 2  # the client's retries, then the run's own retry
     assert_sage_matches_wms_despatches(pipeline)
 
 

@@ -501,6 +501,9 @@ def test_lock_status_text_and_random_locks_are_configurable(api: httpx.Client, s
     assert despatch_all(api, "O-A").status_code == 409  # the random lock is held for lock_seconds
     locks = httpx.get(sandbox.sage_url + "/_sandbox/locks").json()
     assert [(lk["document_no"], lk["source"]) for lk in locks] == [("O-A", "random")]
+    # What was served is counted, so a benchmark can report the locks the pipeline met.
+    served = httpx.get(sandbox.sage_url + "/_sandbox/state").json()["faults_served"]
+    assert served == {"lock_started": 1, "refused_desktop_lock": 1, "refused_random_lock": 2}
     httpx.delete(sandbox.sage_url + "/_sandbox/locks/O-A")
     ok(despatch_all(api, "O-A"))
 

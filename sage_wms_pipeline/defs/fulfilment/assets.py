@@ -11,6 +11,7 @@ posting, but before the outbox said so, re-posts nothing when the row is claimed
 import dataclasses
 import os
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -455,13 +456,29 @@ def post_order(
         result = client.confirm_despatch(order_id, sorted(targets.items()), despatch_date=when)
     except _PER_ORDER as exc:
         kind = _failure_kind(exc)
-        for r in claimed:
-            db.outbox_fail(r["dedupe_key"], r["claim_token"], kind, str(exc), policy)  # type: ignore[arg-type]
+        now = store.now_utc()
+        for r in claimed:  # one order's rows come due again together, for one retry of the order
+            db.outbox_fail(
+                r["dedupe_key"],
+                r["claim_token"],
+                kind,  # type: ignore[arg-type]
+                str(exc),
+                policy,
+                now=now,
+                jitter_key=r["document_no"],
+            )
         log.warning(f"despatch of Sage order {claimed[0]['document_no']} {kind}: {exc}")
         return kind, None
     # Everything counted in the targets is now in Sage, including rows claimed by a run that died.
     for r in rows:
         db.outbox_mark_posted(r["dedupe_key"])
+    deferrals = max(int(r["attempts"] or 1) for r in claimed) - 1  # a claim counts as an attempt
+    if result.get("attempts", 1) > 1 or deferrals:
+        # The record lock (or fault) a person would otherwise ask about: met, retried, cleared.
+        log.info(
+            f"Sage order {result.get('document_no') or claimed[0]['document_no']} posted on attempt "
+            f"{result.get('attempts', 1)} of this run after {deferrals} earlier deferral(s)"
+        )
     if result.get("over_target"):
         db.record_exception(
             "despatch_over_target",
@@ -511,32 +528,53 @@ def despatch_postings(
     lease = pd.Timedelta(seconds=pol.outbox.lease_seconds).to_pytimedelta()
     outcomes: dict[str, int] = defaultdict(int)
     latencies: list[float] = []
-    # A short retry budget per call: a locked order is deferred through the outbox, not waited on.
-    with sage.client(
-        max_attempts=min(sage.max_attempts, 3), deadline_seconds=min(sage.deadline_seconds, 20)
-    ) as client:
+    deferred: set[str] = set()
+
+    def drain(client: Sage200Client) -> None:
         for _ in range(10_000):  # every pass posts, defers or parks what it claimed, so this ends
             claimed = db.outbox_claim(worker, limit=200, lease=lease)
             if not claimed:
-                break
+                return
             by_order: dict[int, list[dict[str, Any]]] = defaultdict(list)
             for r in claimed:
                 by_order[int(r["order_id"])].append(r)
             for order_id, rows in by_order.items():
                 try:
-                    outcome, _ = post_order(client, db, pol, order_id, rows, context.log)
+                    outcome, result = post_order(client, db, pol, order_id, rows, context.log)
                 except Sage200Error:
                     for r in rows:  # auth or config trouble: leave the rows due, fail the run loudly
                         db.outbox_fail(r["dedupe_key"], r["claim_token"], "transient", "run failed", pol)
                     raise
                 outcomes[outcome] += len(rows)
+                if outcome in ("lock", "transient"):
+                    deferred.update(r["dedupe_key"] for r in rows)
+                if result is not None and (
+                    result.get("attempts", 1) > 1 or any(int(r["attempts"] or 1) > 1 for r in rows)
+                ):
+                    outcomes["retried_then_posted"] += 1
                 if outcome == "posted":
                     now = store.now_utc()
-                    latencies += [
+                    latencies.extend(
                         (now - _utc(jsonutil.loads(r["source"])["event_at"])).total_seconds()
                         for r in rows
                         if jsonutil.loads(r["source"]).get("event_at")
-                    ]
+                    )
+
+    # A short retry budget per call, so one locked order does not hold up the others: it is deferred
+    # through the outbox. A desktop lock usually clears within a minute, so the run then waits (up to
+    # the policy's lock_linger_seconds) for deferred rows to come due and tries them again, rather than
+    # leaving them to the retry sensor's next run; what is still locked after that is left to it.
+    with sage.client(
+        max_attempts=min(sage.max_attempts, 3), deadline_seconds=min(sage.deadline_seconds, 20)
+    ) as client:
+        drain(client)
+        linger_until = time.monotonic() + pol.outbox.lock_linger_seconds
+        while deferred and (due := db.outbox_next_due()) is not None:
+            wait = max(0.0, (due - store.now_utc()).total_seconds())
+            if time.monotonic() + wait > linger_until:
+                break
+            time.sleep(wait + 0.05)
+            drain(client)
     counts = defaultdict(int)
     for r in db.outbox_rows():
         counts[r["state"]] += 1
@@ -548,8 +586,11 @@ def despatch_postings(
             "outbox_added": added,
             "orphans": len(orphans),
             "posted_this_run": outcomes["posted"],
-            "deferred_this_run": outcomes["lock"] + outcomes["transient"],
+            "deferred_this_run": len(deferred),
             "refused_this_run": outcomes["refused"],
+            # Orders that met a lock or fault (in this run, or deferred by an earlier one) and then posted.
+            "retried_then_posted_this_run": outcomes["retried_then_posted"],
+            "sage_retries_this_run": client.stats.retries,
             **{
                 f"outbox/{s}": counts.get(s, 0) for s in ("pending", "posting", "posted", "deferred", "stuck")
             },

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,7 +41,10 @@ SEEN_RETENTION = timedelta(hours=3)
 # Remembered events are 64-bit fingerprints of their dedupe keys, packed per despatch second, so a
 # peak day's cursor stays in the low hundreds of KiB (a collision needs ~2^32 events in the window).
 FINGERPRINT_BYTES = 8
-MINIMUM_INTERVAL_SECONDS = 60
+# How often the WMS is polled: most of a despatch's latency to Sage. Each tick costs a read of the
+# look-back window (one or two calls on a normal day; Mintsoft allows about 15 calls per 15 s).
+POLL_SECONDS_ENV = "SAGE_WMS_DESPATCH_POLL_SECONDS"
+MINIMUM_INTERVAL_SECONDS = int(os.environ.get(POLL_SECONDS_ENV) or 30)
 
 
 def fingerprint(dedupe_key: str) -> bytes:

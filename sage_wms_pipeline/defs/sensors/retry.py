@@ -26,7 +26,7 @@ from sage_wms_pipeline.storage import tables
 PENDING_GRACE = timedelta(minutes=5)
 RETRY_ROUND = timedelta(minutes=15)
 MAX_ROWS = 5000
-MINIMUM_INTERVAL_SECONDS = 60
+MINIMUM_INTERVAL_SECONDS = 30
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

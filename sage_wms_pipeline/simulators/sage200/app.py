@@ -95,14 +95,17 @@ def create_app(data_dir: Path) -> FastAPI:
         if faults.slow_seconds > 0:
             await asyncio.sleep(float(faults.slow_seconds))
         if faults.rate_429 > 0 and Decimal(str(sage.draw())) < faults.rate_429:
+            sage.faults_served["429"] += 1
             return _json(
                 {"message": "Rate limit is exceeded. Try again later."},
                 429,
                 {"Retry-After": str(faults.retry_after_seconds)},
             )
         if faults.rate_5xx > 0 and Decimal(str(sage.draw())) < faults.rate_5xx:
+            sage.faults_served["503"] += 1
             return _json({"message": "An error has occurred."}, 503)
         if faults.rate_504 > 0 and Decimal(str(sage.draw())) < faults.rate_504:
+            sage.faults_served["504"] += 1
             return Response("Gateway Timeout", status_code=504, media_type="text/plain")
         response = await call_next(request)
         rule = next(

@@ -10,6 +10,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -239,6 +240,8 @@ class Sage200:
         self.conn: sqlite3.Connection | None = None
         self.drop_rules: list[DropRule] = []
         self.random_locks: dict[str, float] = {}
+        # Faults served since the last load, so a benchmark can say what the pipeline met.
+        self.faults_served: Counter[str] = Counter()
         with self.lock:
             if not self.path.exists():
                 build_database(self.path, self.demo_scenario(), self.clock)
@@ -285,6 +288,7 @@ class Sage200:
             )
             self.drop_rules.clear()
             self.random_locks.clear()
+            self.faults_served.clear()
 
     def reset(self) -> None:
         self.load(self.demo_scenario(), Faults())
@@ -542,7 +546,8 @@ class Sage200:
             for no, source, until in sorted(held)
         ]
 
-    def _lock_error(self, document_no: str) -> SageError:
+    def _lock_error(self, document_no: str, source: str) -> SageError:
+        self.faults_served[f"refused_{source}_lock"] += 1
         text = self.faults.lock_message.replace("{document_no}", document_no)
         return SageError(text, status=self.faults.lock_status)
 
@@ -553,16 +558,17 @@ class Sage200:
             "SELECT expires_at FROM record_locks WHERE document_no = ?", (order["document_no"],)
         ).fetchone()
         if held is not None and held[0] > now:
-            raise self._lock_error(order["document_no"])
+            raise self._lock_error(order["document_no"], "desktop")
         if self.random_locks.get(order["document_no"], 0) > now:
-            raise self._lock_error(order["document_no"])
+            raise self._lock_error(order["document_no"], "random")
         if self.faults.lock_rate > 0 and Decimal(str(self.draw())) < self.faults.lock_rate:
             # kept in memory: the request's transaction is rolled back, the lock must outlive it
             self.random_locks[order["document_no"]] = now + float(self.faults.lock_seconds)
-            raise self._lock_error(order["document_no"])
+            self.faults_served["lock_started"] += 1
+            raise self._lock_error(order["document_no"], "random")
         api_locked = order["lock_id"] is not None and (order["lock_expires_at"] or 0) > now
         if api_locked and lock_id != order["lock_id"]:
-            raise self._lock_error(order["document_no"])
+            raise self._lock_error(order["document_no"], "api")
 
     def api_lock(self, order_id: int) -> int:
         with self.write() as c:
@@ -1814,6 +1820,7 @@ class Sage200:
                 },
                 "faults": self.faults.model_dump(mode="python"),
                 "locks": self.locks(),
+                "faults_served": dict(sorted(self.faults_served.items())),
                 "drop_next_response": [r.model_dump() for r in self.drop_rules],
             }
 
