@@ -23,8 +23,13 @@ WEBHOOK_ENV = "SAGE_WMS_ALERT_WEBHOOK_URL"
 MAX_RECORDS_LISTED = 15
 log = logging.getLogger(__name__)
 
-AlertLevel = Literal["FAILURE", "ERROR", "WARN"]
-_ICON = {"FAILURE": ":rotating_light:", "ERROR": ":red_circle:", "WARN": ":warning:"}
+AlertLevel = Literal["FAILURE", "ERROR", "WARN", "RECOVERED"]
+_ICON = {
+    "FAILURE": ":rotating_light:",
+    "ERROR": ":red_circle:",
+    "WARN": ":warning:",
+    "RECOVERED": ":white_check_mark:",
+}
 
 
 @dataclass(frozen=True)

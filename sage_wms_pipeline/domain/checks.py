@@ -297,18 +297,19 @@ WMS_DESPATCHED_COLUMNS = ("order_number", "despatched_at")
 SAGE_OPEN_COLUMNS = ("order_number",)
 
 
-def sync_illusion(
-    wms_despatched: pd.DataFrame, sage_open: pd.DataFrame, now: datetime, thresholds: Thresholds
-) -> Finding:
-    """Orders the WMS has despatched that Sage still holds open, past the SLA, longest wait first.
+def despatched_still_open(
+    wms_despatched: pd.DataFrame, sage_open: pd.DataFrame, now: datetime
+) -> pd.DataFrame:
+    """The sync-illusion rule, for the check and the `sync_exceptions` table alike: orders the WMS has
+    despatched that Sage still holds open, with how long each has waited, longest first.
 
     `wms_despatched`: one row per despatched order (``order_number``, ``despatched_at``; an order
     despatched in several parcels may repeat: its first despatch starts the clock).
     `sage_open`: the Sage orders still open (Live with outstanding quantity): ``order_number``.
+    Returns ``order_number``, ``despatched_at`` (UTC) and ``waited`` (Timedelta).
     """
     require_columns(wms_despatched, WMS_DESPATCHED_COLUMNS, "wms despatches")
     require_columns(sage_open, SAGE_OPEN_COLUMNS, "sage open orders")
-    now = _utc(now)
     desp = wms_despatched.assign(despatched_at=_utc_series(wms_despatched["despatched_at"]))
     bad_ts = desp[desp["despatched_at"].isna()]
     if not bad_ts.empty:
@@ -317,9 +318,22 @@ def sync_illusion(
         )
     first = desp.groupby("order_number", as_index=False)["despatched_at"].min()
     still_open = first[first["order_number"].isin(set(sage_open["order_number"]))]
-    waited = pd.Timestamp(now) - still_open["despatched_at"]
-    late = still_open.assign(_waited=waited)[waited > thresholds.sync_sla]
-    late = late.sort_values(["_waited", "order_number"], ascending=[False, True])
+    still_open = still_open.assign(waited=pd.Timestamp(_utc(now)) - still_open["despatched_at"])
+    return still_open.sort_values(["waited", "order_number"], ascending=[False, True]).reset_index(drop=True)
+
+
+def late_despatches(still_open: pd.DataFrame, sla: timedelta) -> pd.DataFrame:
+    """Of `despatched_still_open`'s rows, those that have waited past the SLA: sync illusions."""
+    return still_open[still_open["waited"] > sla]
+
+
+def sync_illusion(
+    wms_despatched: pd.DataFrame, sage_open: pd.DataFrame, now: datetime, thresholds: Thresholds
+) -> Finding:
+    """Orders the WMS has despatched that Sage still holds open, past the SLA, longest wait first
+    (inputs as for `despatched_still_open`)."""
+    still_open = despatched_still_open(wms_despatched, sage_open, now)
+    late = late_despatches(still_open, thresholds.sync_sla).rename(columns={"waited": "_waited"})
     escalate = thresholds.sync_sla * SYNC_ESCALATION_MULTIPLE
     severity: Severity = "ERROR" if (late["_waited"] > escalate).any() else "WARN"
     rows = pd.DataFrame(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from sage_wms_pipeline.domain.manifests import parse_order_number
@@ -192,9 +192,3 @@ def _posting(line: WmsDespatchLine, s: SageOpenLine, qty: Decimal, split: bool) 
         quantity=qty,
         source=line,
     )
-
-
-def overdue_in_sage(despatched_at: datetime, sage_still_open: bool, now: datetime, policy: Policy) -> bool:
-    """A WMS-despatched order still open in Sage past the SLA is an exception."""
-    sla = timedelta(seconds=int(policy.despatch_sla_hours * 3600))
-    return sage_still_open and now - despatched_at > sla

@@ -218,23 +218,23 @@ def test_stock_adjustments_propose_then_post_through_a_stocktake(sandbox: Any, t
 
 def test_sync_illusion_past_the_sla(pipeline: Pipeline) -> None:
     """SO0001008 is despatched in the WMS and still live in Sage: past the SLA it is an exception."""
-    from sage_wms_pipeline.defs.finance.assets import _sync_illusions
+    from sage_wms_pipeline.defs.checks.sync_state import sync_illusions
 
     pipeline.materialize(*INGEST)
     despatched = {o["order_number"]: o["despatched_at"] for o in pipeline.query(store.wms_orders)}
     at = despatched["SO0001008"]
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
     sla = timedelta(hours=float(pipeline.policy.despatch_sla_hours))
-    assert _sync_illusions(pipeline.db, pipeline.policy, at + sla - timedelta(minutes=1)) == {}
-    late = _sync_illusions(pipeline.db, pipeline.policy, at + sla + timedelta(hours=1))
-    assert set(late) == {"SO0001008"} and late["SO0001008"]["waited_hours"] > float(
-        pipeline.policy.despatch_sla_hours
-    )
+    engine = pipeline.db.engine
+    assert sync_illusions(engine, pipeline.policy, at + sla - timedelta(minutes=1)).empty
+    late = sync_illusions(engine, pipeline.policy, at + sla + timedelta(hours=1))
+    assert list(late["order_number"]) == ["SO0001008"]
+    assert late["waited"].iloc[0] == sla + timedelta(hours=1)
 
     # Once posted and Sage re-read, it is no longer an illusion.
     pipeline.materialize("despatch_postings")
     pipeline.materialize("sage_sales_orders")
-    assert _sync_illusions(pipeline.db, pipeline.policy, at + sla + timedelta(hours=1)) == {}
+    assert sync_illusions(engine, pipeline.policy, at + sla + timedelta(hours=1)).empty
 
 
 def test_pick_trigger_posts_at_pick_and_not_again_at_despatch(sandbox: Any, tmp_path: Path) -> None:

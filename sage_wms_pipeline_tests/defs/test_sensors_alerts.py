@@ -7,9 +7,12 @@ whose check only warns. The sensors are evaluated on those runs and must post a 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
@@ -21,6 +24,7 @@ from sage_wms_pipeline.defs.alerts import WEBHOOK_ENV, Alert, AlertDeliveryError
 from sage_wms_pipeline.defs.sensors.failure_alerts import (
     check_failure_alert_sensor,
     failed_check_items,
+    reminder_due,
     run_failure_alert_sensor,
 )
 
@@ -175,8 +179,10 @@ def test_warning_checks_in_a_successful_run_are_alerted_and_passing_ones_are_not
         dagster_run=instance.get_run_by_id(result.run_id),
     )
     assert check_failure_alert_sensor(ctx) is None
-    assert receiver.bodies[0]["text"].startswith(":warning: *1 check(s) failed in __ephemeral_asset_job__*")
-    assert "`SO0001003`" in receiver.bodies[0]["text"]
+    # The module's earlier runs of this job failed: the recovery notice comes first, then the checks.
+    assert receiver.bodies[0]["text"].startswith(":white_check_mark: *Recovered: __ephemeral_asset_job__")
+    assert receiver.bodies[-1]["text"].startswith(":warning: *1 check(s) failed in __ephemeral_asset_job__*")
+    assert "`SO0001003`" in receiver.bodies[-1]["text"]
 
 
 def test_a_clean_run_sends_nothing(receiver, instance):
@@ -286,3 +292,59 @@ def test_an_unchanged_failure_is_sent_once_a_change_again_and_the_daily_digest_a
         assert _after_success(instance, run.run_id) is None
     text = receiver.bodies[-1]["text"]
     assert "failed in sync_check_job" in text and "(unchanged since the last run)" in text
+
+
+# ------------------------------------------------------------- a job failing the same way, run after run
+
+SAGE_ERROR = {"kind": RuntimeError}
+
+
+@dg.asset
+def sage_reader() -> None:
+    raise SAGE_ERROR["kind"](f"Sage answered 503 (request {uuid.uuid4().hex[:8]})")
+
+
+def test_a_repeated_failure_alerts_once_a_different_one_again_and_recovery_is_announced(receiver):
+    with dg.instance_for_test() as instance:
+        defs = dg.Definitions(assets=[sage_reader], jobs=[dg.define_asset_job("ingest_job", [sage_reader])])
+        job = defs.resolve_job_def("ingest_job")
+
+        def run_and_alert() -> dg.SkipReason | None:
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            if result.success:
+                return _after_success(instance, result.run_id)
+            return run_failure_alert_sensor(_failure_context(instance, result))
+
+        SAGE_ERROR["kind"] = RuntimeError
+        assert run_and_alert() is None  # first failure: sent
+        repeat = run_and_alert()  # same step, same error type, another message: not sent again
+        assert (
+            isinstance(repeat, dg.SkipReason)
+            and "failed as the 1 run(s) of ingest_job" in repeat.skip_message
+        )
+        assert len(receiver.bodies) == 1 and receiver.bodies[0]["text"].startswith(
+            ":rotating_light: *Run failed: ingest_job*"
+        )
+
+        SAGE_ERROR["kind"] = ConnectionError  # failing differently: sent at once
+        assert run_and_alert() is None
+        assert len(receiver.bodies) == 2
+        assert "ConnectionError: Sage answered 503" in receiver.bodies[1]["text"]
+
+        SAGE_ERROR["kind"] = None  # type: ignore[assignment]
+        with_fix = dg.Definitions(
+            assets=[dg.asset(name="sage_reader")(lambda: None)],
+            jobs=[dg.define_asset_job("ingest_job", ["sage_reader"])],
+        )
+        result = with_fix.resolve_job_def("ingest_job").execute_in_process(instance=instance)
+        assert isinstance(_after_success(instance, result.run_id), dg.SkipReason)  # no checks failed
+    assert receiver.bodies[-1]["text"].startswith(
+        ":white_check_mark: *Recovered: ingest_job succeeded after 3 failed run(s)*"
+    )
+
+
+def test_a_failure_that_persists_is_reminded_once_an_hour():
+    start = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
+    at = [start + timedelta(minutes=m) for m in (0, 5, 55, 60, 65, 119, 121)]
+    reminders = [reminder_due(start, prev, now) for prev, now in itertools.pairwise(at)]
+    assert reminders == [False, False, True, False, False, True]

@@ -10,7 +10,6 @@ from sage_wms_pipeline.domain.despatch_posting import (
     SageOpenLine,
     WmsDespatchLine,
     counts_at_trigger,
-    overdue_in_sage,
     plan_postings,
 )
 from sage_wms_pipeline.domain.policy import Policy, load_policy
@@ -91,12 +90,6 @@ def test_pick_trigger_posts_picked_lines() -> None:
     policy = Policy.model_validate({**POLICY.model_dump(), "fulfilment_trigger": "pick"})
     plan = plan_postings([_wms("SO0001003", "1", "CNDL-FIG-200", 2, "2", status="PICKED")], SAGE, policy)
     assert len(plan.postings) == 1
-
-
-def test_sla_exception() -> None:
-    assert overdue_in_sage(T0, True, T0 + timedelta(hours=25), POLICY)
-    assert not overdue_in_sage(T0, True, T0 + timedelta(hours=23), POLICY)
-    assert not overdue_in_sage(T0, False, T0 + timedelta(hours=99), POLICY)
 
 
 def test_outbox_state_machine() -> None:

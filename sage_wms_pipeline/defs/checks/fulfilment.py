@@ -11,17 +11,15 @@ import dagster as dg
 import pandas as pd
 
 from sage_wms_pipeline import jsonutil
+from sage_wms_pipeline.defs.checks import sync_state
 from sage_wms_pipeline.defs.checks._support import read_table, result_from, to_e5
 from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource
 from sage_wms_pipeline.domain import checks
-from sage_wms_pipeline.domain.manifests import parse_order_number
 from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables
 
-SAGE_OPEN_STATUS = "EnumDocumentStatusLive"
 # Latency is measured over recent postings, so the plot shows today's performance, not history's.
 LATENCY_WINDOW = timedelta(hours=24)
-STOCK_LINE = "EnumLineTypeStandard"
 
 
 def _now() -> datetime:
@@ -29,45 +27,6 @@ def _now() -> datetime:
 
 
 # -------------------------------------------------------------------------------- frame builders
-
-
-def wms_despatched_orders(engine: Any) -> tuple[pd.DataFrame, datetime | None]:
-    """WMS orders (all parts) that have despatched, under their Sage document number; and the WMS's
-    latest update time (the sandbox's warehouse clock can run ahead of ours)."""
-    orders = read_table(engine, store.wms_orders)
-    desp = orders[orders["despatched_at"].notna()]
-    latest = orders["updated_at"].max() if len(orders) else None
-    frame = pd.DataFrame(
-        {
-            "order_number": [parse_order_number(str(n))[0] for n in desp["order_number"]],
-            "despatched_at": desp["despatched_at"].to_numpy(),
-        }
-    )
-    return frame, (None if latest is None or pd.isna(latest) else latest.to_pydatetime())
-
-
-def sage_open_orders(engine: Any, policy: Any) -> pd.DataFrame:
-    """Sage orders still Live with a line the WMS ships (stock items, and miscellaneous ones when the
-    policy sends them) not fully despatched, as last ingested. Service and excluded lines stay
-    outstanding in Sage by design and do not make an order "open" here."""
-    orders = read_table(engine, store.sage_orders)
-    live = orders[orders["document_status"] == SAGE_OPEN_STATUS]
-    if live.empty:
-        return pd.DataFrame({"order_number": pd.Series([], dtype=str)})
-    shipped_types = {"Stock"}
-    if policy.manifest.miscellaneous_lines == "include":
-        shipped_types.add("Miscellaneous")
-    products = read_table(engine, tables.sage_products)
-    shipped_codes = set(products.loc[products["product_type"].isin(shipped_types), "sku"])
-    lines = read_table(engine, store.sage_order_lines)
-    stock = lines[(lines["line_type"] == STOCK_LINE) & lines["code"].isin(shipped_codes)]
-    outstanding = stock[
-        to_e5(stock["line_quantity"]).to_numpy() > to_e5(stock["despatch_receipt_quantity"]).to_numpy()
-    ]
-    open_ids = set(outstanding["order_id"].astype(int))
-    return pd.DataFrame(
-        {"order_number": live.loc[live["id"].astype(int).isin(open_ids), "document_no"].astype(str)}
-    )
 
 
 def outbox_frame(db: Any) -> pd.DataFrame:
@@ -173,15 +132,12 @@ def manifest_totals_frame(engine: Any) -> pd.DataFrame:
     ),
 )
 def sync_illusion(parity_db: ParityDatabase, policy: PolicyResource) -> dg.AssetCheckResult:
-    engine = parity_db.database().engine
     pol = policy.load()
-    despatched, wms_latest = wms_despatched_orders(engine)
-    # Waits run to now, or to the WMS's own latest time when its clock is ahead (the demo's runs fast).
-    now = max(filter(None, (_now(), wms_latest)))
+    state = sync_state.read(parity_db.database().engine, pol, _now())
     finding = checks.sync_illusion(
-        despatched, sage_open_orders(engine, pol), now, checks.Thresholds.from_policy(pol)
+        state.wms_despatched, state.sage_open, state.measured_to, checks.Thresholds.from_policy(pol)
     )
-    return result_from(finding, {"measured_to": dg.MetadataValue.timestamp(now)})
+    return result_from(finding, {"measured_to": dg.MetadataValue.timestamp(state.measured_to)})
 
 
 @dg.asset_check(

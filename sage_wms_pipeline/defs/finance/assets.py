@@ -19,12 +19,12 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from sage_wms_pipeline import jsonutil
+from sage_wms_pipeline.defs.checks import sync_state
 from sage_wms_pipeline.defs.freshness import freshness_for
 from sage_wms_pipeline.defs.resources import ParityDatabase, PolicyResource, policy_metadata
 from sage_wms_pipeline.domain import available_stock as available_mod
 from sage_wms_pipeline.domain import parity as parity_mod
 from sage_wms_pipeline.domain import valuation as valuation_mod
-from sage_wms_pipeline.domain.despatch_posting import overdue_in_sage
 from sage_wms_pipeline.domain.mapping import to_sage_keys
 from sage_wms_pipeline.domain.policy import Policy
 from sage_wms_pipeline.domain.units import QTY_SCALE, pence_to_gbp, to_e5
@@ -421,52 +421,6 @@ def valuation_deltas(parity_db: ParityDatabase, policy: PolicyResource) -> dg.Ma
     )
 
 
-def _sync_illusions(db: Database, policy: Policy, now: datetime) -> dict[str, dict[str, Any]]:
-    """WMS-despatched orders still open in Sage past the SLA: Live, with a line the WMS ships (a stock
-    item, or miscellaneous when the policy sends those) not fully despatched. Service lines stay
-    outstanding in Sage by design and do not count."""
-    w, o, lt, p = store.wms_orders, store.sage_orders, store.sage_order_lines, core.sage_products
-    shipped = ["Stock", "Miscellaneous"] if policy.manifest.miscellaneous_lines == "include" else ["Stock"]
-    with db.read() as conn:
-        despatched = conn.execute(
-            sa.select(w.c.order_number, w.c.despatched_at).where(
-                w.c.status == "DESPATCHED", w.c.despatched_at.is_not(None)
-            )
-        ).all()
-        open_docs = set(
-            conn.execute(
-                sa.select(lt.c.document_no)
-                .join(o, o.c.id == lt.c.order_id)
-                .join(p, p.c.sku == lt.c.code)
-                .where(
-                    o.c.document_status == "EnumDocumentStatusLive",
-                    p.c.product_type.in_(shipped),
-                    lt.c.line_type == "EnumLineTypeStandard",
-                    lt.c.line_quantity > lt.c.despatch_receipt_quantity,
-                )
-            ).scalars()
-        )
-    found: dict[str, dict[str, Any]] = {}
-    for r in despatched:
-        doc = (
-            r.order_number.rpartition("-")[0]
-            if r.order_number not in open_docs and "-" in r.order_number
-            else r.order_number
-        )
-        at = pd.Timestamp(r.despatched_at)
-        at = (at.tz_localize("UTC") if at.tzinfo is None else at).to_pydatetime()
-        if overdue_in_sage(at, doc in open_docs, now, policy):
-            prior = found.get(doc)
-            if prior is None or at.isoformat() < prior["despatched_at"]:
-                found[doc] = {
-                    "order": doc,
-                    "wms_order_number": r.order_number,
-                    "despatched_at": at.isoformat(),
-                    "waited_hours": round((now - at).total_seconds() / 3600, 1),
-                }
-    return found
-
-
 @dg.asset(
     group_name=GROUP,
     kinds=KINDS,
@@ -488,10 +442,16 @@ def sync_exceptions(parity_db: ParityDatabase, policy: PolicyResource) -> dg.Mat
     pol = policy.load()
     db = parity_db.database()
     now = datetime.now(UTC)
-    illusions = _sync_illusions(db, pol, now)
-    for doc, context in illusions.items():
-        db.record_exception("sync_illusion", doc, context, "operations", now=now)
-    db.resolve_exceptions("sync_illusion", illusions, now=now)
+    # The same rule as the sync_illusion check (domain.checks.despatched_still_open), kept as rows.
+    illusions = sync_state.sync_illusions(db.engine, pol, now)
+    for r in illusions.itertuples():
+        context = {
+            "order": r.order_number,
+            "despatched_at": r.despatched_at.isoformat(),
+            "waited_hours": round(r.waited.total_seconds() / 3600, 1),
+        }
+        db.record_exception("sync_illusion", r.order_number, context, "operations", now=now)
+    db.resolve_exceptions("sync_illusion", list(illusions["order_number"]), now=now)
 
     quarantined = store.read_frame(db.engine, core.wms_quarantine)
     records = [f"{r.source}#{r.id}" for r in quarantined.itertuples()]
