@@ -125,6 +125,8 @@ def web_shop(sage_port: int, per_minute: float, until: float, stop: threading.Ev
     rng = random.Random(7)
     time.sleep(20)  # the demo loads its data first
     with Sage200Client(config) as sage:
+        # Its own authorisation, as a second integration would have: the demo's refresh token rotates.
+        sage.authorize("sandbox-code", "http://localhost/callback")
         stock_groups = {
             g["id"] for g in sage.list("product_groups") if g["product_type"] == "EnumStockItemTypeStock"
         }

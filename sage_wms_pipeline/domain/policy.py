@@ -95,6 +95,9 @@ class Policy(_Strict):
     restock: RestockPolicy = Field(default_factory=RestockPolicy)
     tolerances: Tolerances = Field(default_factory=Tolerances)
     despatch_sla_hours: Decimal = Field(default=Decimal(24), gt=0)
+    despatch_latency_target_seconds: int = Field(
+        default=120, ge=1, description="p95 WMS despatch to Sage posting the despatch_latency check expects"
+    )
     lock_deadline_minutes: int = Field(
         default=120, ge=1, description="A posting still locked this long after creation is stuck"
     )

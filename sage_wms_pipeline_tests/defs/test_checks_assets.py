@@ -346,7 +346,7 @@ def test_outbox_stuck_refused_orphaned_and_latency(resources, policy):
     assert "refused for Sage status" in stuck.metadata["rows_at_fault"].md_str
 
     latency = fulfilment.despatch_latency(parity_db=resources["parity_db"], policy=resources["policy"])
-    assert latency.passed
+    assert not latency.passed and latency.severity == dg.AssetCheckSeverity.WARN  # 28 min > 120 s target
     assert latency.metadata["postings_measured"].value == 1
     assert latency.metadata["latency_p50_seconds"].value == pytest.approx(28 * 60, abs=2)
     assert latency.metadata["despatch_time_from"].value == "outbox source"

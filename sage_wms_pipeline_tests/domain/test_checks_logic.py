@@ -3,6 +3,7 @@ tolerance and materiality gives WARN and ERROR where expected, and a clean posit
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -297,7 +298,8 @@ def test_free_stock_divergence(thresholds):
 
 def test_despatch_latency_percentiles(thresholds):
     base = CUTOFF - timedelta(days=1)
-    minutes = [1, 2, 3, 4, 5, 6, 7, 8, 9, 300]  # one posting took 5 h, past the 4 h SLA
+    minutes = [1, 2, 3, 4, 5, 6, 7, 8, 9, 300]  # one posting took 5 h, past a 4 h target
+    thresholds = dataclasses.replace(thresholds, latency_target=timedelta(hours=4))
     postings = pd.DataFrame(
         {
             "order_number": [f"SO{i}" for i in range(11)],
@@ -311,6 +313,11 @@ def test_despatch_latency_percentiles(thresholds):
     assert f.figures["latency_p95_seconds"] == 300 * 60  # nearest rank: the 10th of 10
     assert f.records == ("SO9",)
     assert not f.passed and f.severity == "WARN"
+    assert f.figures["postings_past_target"] == 1
+
+    # Within the target: passes, nothing listed.
+    quick = checks.despatch_latency(postings.iloc[:9], thresholds)
+    assert quick.passed and quick.figures["latency_p95_seconds"] == 9 * 60 and quick.rows.empty
 
 
 def test_exceptions_by_owner():

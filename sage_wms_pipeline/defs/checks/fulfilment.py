@@ -162,7 +162,7 @@ def stuck_and_orphaned(parity_db: ParityDatabase, policy: PolicyResource) -> dg.
     name="despatch_latency",
     description=(
         "WMS despatch to Sage posting over the last 24 h of postings: p50/p95/max seconds. WARN when p95 "
-        "exceeds the SLA."
+        "exceeds the policy's despatch_latency_target_seconds, listing the slower postings."
     ),
 )
 def despatch_latency(parity_db: ParityDatabase, policy: PolicyResource) -> dg.AssetCheckResult:
