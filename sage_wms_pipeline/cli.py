@@ -127,7 +127,9 @@ def check(scenario_file: Path) -> None:
 @click.option("--sage-port", type=int, default=DEFAULT_SAGE_PORT, show_default=True)
 @click.option("--wms-port", type=int, default=DEFAULT_WMS_PORT, show_default=True)
 @click.option("--ui-port", type=int, default=3000, show_default=True)
-@click.option("--fresh", is_flag=True, help="Start over: delete data/runtime (simulators, tables, runs).")
+@click.option(
+    "--fresh", is_flag=True, help="Start over: delete the demo's state (simulators, tables, runs) first."
+)
 def demo(sage_port: int, wms_port: int, ui_port: int, fresh: bool) -> None:
     """Bring up the simulators with demo data and the Dagster UI."""
     from sage_wms_pipeline.demo import run_demo

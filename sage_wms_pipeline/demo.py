@@ -99,11 +99,22 @@ def _post(url: str, body: object) -> None:
     resp.raise_for_status()
 
 
+DEMO_STATE_DIRS = ("sandbox", "dagster_home")
+DEMO_STATE_FILES = ("pipeline.sqlite", "pipeline.sqlite-wal", "pipeline.sqlite-shm", "sage200-token.json")
+
+
+def clear_demo_state(runtime: Path) -> None:
+    """Delete what the demo keeps in `runtime`, and nothing else: the folder may be shared."""
+    for name in DEMO_STATE_DIRS:
+        shutil.rmtree(runtime / name, ignore_errors=True)
+    for name in DEMO_STATE_FILES:
+        (runtime / name).unlink(missing_ok=True)
+
+
 def run_demo(sage_port: int, wms_port: int, ui_port: int, fresh: bool = False) -> None:
     runtime = settings.runtime_dir()
     if fresh:
-        shutil.rmtree(runtime)
-        runtime.mkdir(parents=True)
+        clear_demo_state(runtime)
     # A first start loads the demo data; a restart carries on from the state it left.
     first_start = not any((runtime / "sandbox").glob("*"))
     env = {**os.environ, **demo_environment(sage_port, wms_port, runtime)}

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 
 from sage_wms_pipeline import jsonutil
-from sage_wms_pipeline.demo import DEMO_WAREHOUSE, demo_scenario, load_demo_data
+from sage_wms_pipeline.demo import DEMO_WAREHOUSE, clear_demo_state, demo_scenario, load_demo_data
 from sage_wms_pipeline.scenario.io import read_scenario
 from sage_wms_pipeline.settings import demo_scenario_path
 from sage_wms_pipeline_tests.conftest import Sandbox
@@ -46,3 +47,13 @@ def test_loaded_demo_keeps_the_warehouse_clock_on_wall_time(sandbox: Sandbox) ->
     warehouse_now = datetime.fromisoformat(str(clock["now"]).replace("Z", "+00:00"))
     assert abs(warehouse_now - datetime.now(UTC)) < timedelta(seconds=5)
     assert Decimal(str(clock["speed"])) == 1
+
+
+def test_fresh_start_deletes_the_demo_state_and_nothing_else(tmp_path: Path) -> None:
+    (tmp_path / "sandbox").mkdir()
+    (tmp_path / "sandbox" / "mintsoft.sqlite").write_text("x")
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "pipeline.sqlite").write_text("x")
+    (tmp_path / "notes.txt").write_text("someone else's")
+    clear_demo_state(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
