@@ -76,5 +76,12 @@ def after_failure(
         what = "locked" if kind == "lock" else "failing"
         minutes = policy.lock_deadline_minutes
         return Decision("stuck", None, f"still {what} {minutes} min after creation: {error}")
-    nxt = min(now + backoff(attempts, policy, key), deadline)
-    return Decision("deferred", nxt, error)
+    # A desktop user's lock usually clears within seconds: retry it at a steady short interval for
+    # about the posting run's linger (so the run itself posts it soon after), then back off.
+    o = policy.outbox
+    quick = o.lock_linger_seconds // o.lock_retry_seconds if kind == "lock" else 0
+    if attempts <= quick:
+        delay = timedelta(seconds=o.lock_retry_seconds)
+    else:
+        delay = backoff(attempts - quick, policy, key)
+    return Decision("deferred", min(now + delay, deadline), error)

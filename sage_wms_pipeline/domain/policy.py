@@ -68,6 +68,9 @@ class OutboxPolicy(_Strict):
         description="How long a posting run waits for a locked order to come due again before "
         "leaving it to the retry sensor",
     )
+    lock_retry_seconds: int = Field(
+        default=10, ge=1, description="A locked posting is retried this often during lock_linger_seconds"
+    )
 
     @model_validator(mode="after")
     def _max_not_below_base(self) -> OutboxPolicy:

@@ -100,7 +100,12 @@ def use_outbox_policy(pipeline: Pipeline, tmp_path: Path, **outbox: int) -> None
 def test_a_desktop_lock_that_clears_is_retried_within_the_run(pipeline: Pipeline, tmp_path: Path) -> None:
     # The run outlasts the client's own retries, defers the order, waits for it to come due and posts.
     use_outbox_policy(
-        pipeline, tmp_path, backoff_base_seconds=1, backoff_max_seconds=2, lock_linger_seconds=20
+        pipeline,
+        tmp_path,
+        backoff_base_seconds=1,
+        backoff_max_seconds=2,
+        lock_linger_seconds=20,
+        lock_retry_seconds=1,
     )
     despatched_and_queued(pipeline)
     docs = sorted({r["order_number"].split("-")[0] for r in pipeline.query(core.wms_despatches)})

@@ -101,9 +101,26 @@ def test_outbox_state_machine() -> None:
         ob.check_transition("k", "pending", "posted")
 
 
+def test_a_lock_is_retried_steadily_during_the_linger_then_backed_off() -> None:
+    def due(attempts: int) -> timedelta:
+        d = ob.after_failure("lock", attempts=attempts, created_at=T0, now=T0, policy=POLICY, error="in use")
+        assert d.state == "deferred" and d.next_attempt_at is not None
+        return d.next_attempt_at - T0
+
+    o = POLICY.outbox
+    quick = o.lock_linger_seconds // o.lock_retry_seconds
+    assert quick >= 2  # the shipped policy retries a short lock more than once within a run
+    assert [due(a) for a in range(1, quick + 1)] == [timedelta(seconds=o.lock_retry_seconds)] * quick
+    after = due(quick + 1)
+    assert (
+        timedelta(seconds=o.backoff_base_seconds) <= after < timedelta(seconds=o.backoff_base_seconds * 1.11)
+    )
+    assert due(quick + 2) > after
+
+
 def test_failures_defer_with_growing_backoff_then_stick() -> None:
-    d1 = ob.after_failure("lock", attempts=1, created_at=T0, now=T0, policy=POLICY, error="in use", key="k")
-    d3 = ob.after_failure("lock", attempts=3, created_at=T0, now=T0, policy=POLICY, error="in use", key="k")
+    d1 = ob.after_failure("transient", attempts=1, created_at=T0, now=T0, policy=POLICY, error="503", key="k")
+    d3 = ob.after_failure("transient", attempts=3, created_at=T0, now=T0, policy=POLICY, error="503", key="k")
     assert d1.state == d3.state == "deferred"
     assert d1.next_attempt_at is not None and d3.next_attempt_at is not None
     assert timedelta(seconds=30) <= d1.next_attempt_at - T0 < timedelta(seconds=34)
