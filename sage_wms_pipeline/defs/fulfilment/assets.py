@@ -439,7 +439,10 @@ def post_order(
     log: Any,
 ) -> tuple[str, dict[str, Any] | None]:
     """One confirm_despatch for an order: each line's target is the sum of every outbox row of that
-    line that may be in Sage (all but stuck), so whatever already landed is never posted again."""
+    line that may be in Sage (all but stuck), so whatever already landed is never posted again.
+
+    Returns the outcome ("posted", "lock", "transient" or "refused") and, when posted, the client's
+    result plus `retried`: whether the order met a lock or fault (in this call or an earlier run) first."""
     line_ids = sorted({int(r["line_id"]) for r in claimed})
     out = core.despatch_outbox
     with db.read() as conn:
@@ -473,7 +476,8 @@ def post_order(
     for r in rows:
         db.outbox_mark_posted(r["dedupe_key"])
     deferrals = max(int(r["attempts"] or 1) for r in claimed) - 1  # a claim counts as an attempt
-    if result.get("attempts", 1) > 1 or deferrals:
+    result["retried"] = result.get("attempts", 1) > 1 or deferrals > 0
+    if result["retried"]:
         # The record lock (or fault) a person would otherwise ask about: met, retried, cleared.
         log.info(
             f"Sage order {result.get('document_no') or claimed[0]['document_no']} posted on attempt "
@@ -548,17 +552,14 @@ def despatch_postings(
                 outcomes[outcome] += len(rows)
                 if outcome in ("lock", "transient"):
                     deferred.update(r["dedupe_key"] for r in rows)
-                if result is not None and (
-                    result.get("attempts", 1) > 1 or any(int(r["attempts"] or 1) > 1 for r in rows)
-                ):
+                if result is not None and result["retried"]:
                     outcomes["retried_then_posted"] += 1
                 if outcome == "posted":
                     now = store.now_utc()
-                    latencies.extend(
-                        (now - _utc(jsonutil.loads(r["source"])["event_at"])).total_seconds()
-                        for r in rows
-                        if jsonutil.loads(r["source"]).get("event_at")
-                    )
+                    for r in rows:
+                        event_at = jsonutil.loads(r["source"]).get("event_at")
+                        if event_at:
+                            latencies.append((now - _utc(event_at)).total_seconds())
 
     # A short retry budget per call, so one locked order does not hold up the others: it is deferred
     # through the outbox. A desktop lock usually clears within a minute, so the run then waits (up to

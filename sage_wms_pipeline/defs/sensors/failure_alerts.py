@@ -112,15 +112,20 @@ def _innermost(error: Any) -> Any:
     return error
 
 
-def failure_signature(instance: dg.DagsterInstance, run_id: str) -> tuple[Any, ...]:
+def failure_signature(
+    instance: dg.DagsterInstance, run_id: str, check_items: list[AlertItem] | None = None
+) -> tuple[Any, ...]:
     """What a failed run's alert is about, less what differs every time (messages carry ids and
-    times): its failed steps with their error types, and its failed checks with their records."""
+    times): its failed steps with their error types, and its failed checks with their records
+    (`check_items`, when the caller has already read them)."""
+    if check_items is None:
+        check_items = failed_check_items(instance, run_id)
     steps = []
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
         event = record.event_log_entry.dagster_event
         error = _innermost(getattr(event.event_specific_data, "error", None)) if event else None
         steps.append((event.step_key if event else None, getattr(error, "cls_name", None)))
-    checks = [(i.name, i.level, tuple(i.records)) for i in failed_check_items(instance, run_id)]
+    checks = [(i.name, i.level, tuple(i.records)) for i in check_items]
     return tuple(sorted(steps, key=str)), tuple(sorted(checks, key=str))
 
 
@@ -142,9 +147,11 @@ def _earlier_runs(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[Any]
     ][:_HISTORY]
 
 
-def failure_streak(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[Any]:
+def failure_streak(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, check_items: list[AlertItem] | None = None
+) -> list[Any]:
     """The run records, newest first, of the job's runs just before `run` that failed the same way."""
-    signature = failure_signature(instance, run.run_id)
+    signature = failure_signature(instance, run.run_id, check_items)
     streak = []
     for record in _earlier_runs(instance, run):
         if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
@@ -184,7 +191,8 @@ def step_failure_items(context: dg.RunFailureSensorContext) -> list[AlertItem]:
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext) -> dg.SkipReason | None:
     run = context.dagster_run
     title = f"Run failed: {run.job_name}"
-    streak = failure_streak(context.instance, run)
+    failed_checks = failed_check_items(context.instance, run.run_id)
+    streak = failure_streak(context.instance, run, failed_checks)
     if streak:
         current = context.instance.get_run_record_by_id(run.run_id)
         started, previous = streak[-1].create_timestamp, streak[0].create_timestamp
@@ -198,7 +206,7 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext) -> dg.SkipReas
             f"Run still failing: {run.job_name} "
             f"({len(streak) + 1} runs in a row since {started:%Y-%m-%d %H:%M} UTC)"
         )
-    items = step_failure_items(context) + failed_check_items(context.instance, run.run_id)
+    items = step_failure_items(context) + failed_checks
     if not items:
         message = context.failure_event.message if context.failure_event else "run failed"
         items = [AlertItem(name="run", detail=(message or "run failed")[:MAX_ERROR_CHARS], level="FAILURE")]
