@@ -9,7 +9,7 @@ changes nothing. Malformed records go to `wms_quarantine` with their reason, nev
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -92,6 +92,29 @@ def _ingest_metadata(batch: Batch[Any], written: int, quarantined: int, cursor: 
 
 def _quarantine(conn: sa.Connection, asset: str, records: Sequence[QuarantinedRecord]) -> int:
     return store.quarantine(conn, asset, records)
+
+
+def _store_batch(
+    db: Database,
+    asset: str,
+    rows: list[dict[str, Any]],
+    batch: Batch[Any],
+    rejected: Sequence[QuarantinedRecord] = (),
+    *,
+    write: Callable[[sa.Connection, list[dict[str, Any]]], int],
+) -> dict[str, Any]:
+    """Write a batch's rows, quarantine its rejects (the client's and the asset's) and move the
+    cursor in one transaction, so a run that dies re-reads the batch and the idempotent write makes
+    the replay harmless. Returns the ingest metadata."""
+    with db.write() as conn:
+        written = write(conn, rows)
+        new_q = _quarantine(conn, asset, [*batch.quarantined, *rejected])
+        store.set_cursor(conn, asset, batch.next_cursor)
+    return _ingest_metadata(batch, written, new_q, batch.next_cursor)
+
+
+def _tally(prefix: str, values: Iterable[str]) -> dict[str, int]:
+    return {f"{prefix}/{k}": int(v) for k, v in sorted(Counter(values).items())}
 
 
 # ------------------------------------------------------------------------------------ orders
@@ -246,12 +269,16 @@ def wms_despatches(wms: WmsResource, parity_db: ParityDatabase) -> dg.Materializ
         client.remember_orders(_known_order_ids(db))
         batch = client.despatches_since(cursor)
     rows, bad = despatch_rows(batch.records)
-    with db.write() as conn:
-        written = store.insert_if_absent(conn, core.wms_despatches, rows)
-        new_q = _quarantine(conn, "wms_despatches", [*batch.quarantined, *bad])
-        store.set_cursor(conn, "wms_despatches", batch.next_cursor)
+    meta = _store_batch(
+        db,
+        "wms_despatches",
+        rows,
+        batch,
+        bad,
+        write=lambda c, r: store.insert_if_absent(c, core.wms_despatches, r),
+    )
+    with db.read() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(core.wms_despatches)).scalar() or 0
-    meta = _ingest_metadata(batch, written, new_q, batch.next_cursor)
     meta |= {"lines_read": len(rows), "lines_total": int(total)}
     return dg.MaterializeResult(metadata=meta)
 
@@ -325,12 +352,15 @@ def wms_stock_movements(wms: WmsResource, parity_db: ParityDatabase) -> dg.Mater
                 "occurred_at": m.occurred_at,
             }
         )
-    with db.write() as conn:
-        written = store.insert_if_absent(conn, store.wms_stock_movements, rows)
-        new_q = _quarantine(conn, "wms_stock_movements", [*batch.quarantined, *bad])
-        store.set_cursor(conn, "wms_stock_movements", batch.next_cursor)
-    meta = _ingest_metadata(batch, written, new_q, batch.next_cursor)
-    meta |= {f"kind/{k}": int(v) for k, v in sorted(Counter(r["kind"] for r in rows).items())}
+    meta = _store_batch(
+        db,
+        "wms_stock_movements",
+        rows,
+        batch,
+        bad,
+        write=lambda c, r: store.insert_if_absent(c, store.wms_stock_movements, r),
+    )
+    meta |= _tally("kind", (r["kind"] for r in rows))
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -363,12 +393,10 @@ def wms_returns(wms: WmsResource, parity_db: ParityDatabase) -> dg.MaterializeRe
         }
         for r in batch.records
     ]
-    with db.write() as conn:
-        written = store.insert_if_absent(conn, store.wms_returns, rows)
-        new_q = _quarantine(conn, "wms_returns", batch.quarantined)
-        store.set_cursor(conn, "wms_returns", batch.next_cursor)
-    meta = _ingest_metadata(batch, written, new_q, batch.next_cursor)
-    meta |= {f"disposition/{k}": int(v) for k, v in sorted(Counter(r["disposition"] for r in rows).items())}
+    meta = _store_batch(
+        db, "wms_returns", rows, batch, write=lambda c, r: store.insert_if_absent(c, store.wms_returns, r)
+    )
+    meta |= _tally("disposition", (r["disposition"] for r in rows))
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -401,10 +429,13 @@ def wms_receipts(wms: WmsResource, parity_db: ParityDatabase) -> dg.MaterializeR
                 "updated_at": r.updated_at,
             }
         )
-    with db.write() as conn:
-        written = store.upsert(conn, store.wms_receipts, rows, newer_by="updated_at")
-        new_q = _quarantine(conn, "wms_receipts", [*batch.quarantined, *bad])
-        store.set_cursor(conn, "wms_receipts", batch.next_cursor)
-    meta = _ingest_metadata(batch, written, new_q, batch.next_cursor)
+    meta = _store_batch(
+        db,
+        "wms_receipts",
+        rows,
+        batch,
+        bad,
+        write=lambda c, r: store.upsert(c, store.wms_receipts, r, newer_by="updated_at"),
+    )
     meta["booked_in"] = store.plot_number(sum((r["quantity_booked"] for r in rows), Decimal(0)))
     return dg.MaterializeResult(metadata=meta)
