@@ -25,11 +25,10 @@ from sage_wms_pipeline.domain.policy import validate_policy
 from sage_wms_pipeline.domain.valuation import valuation_deltas
 from sage_wms_pipeline.storage import ingest_tables as store
 from sage_wms_pipeline.storage import tables
+from sage_wms_pipeline_tests.check_position import Catalogue, position_frames
 
-E5 = 10**5
 CUTOFF = datetime(2026, 11, 30, 22, 30, tzinfo=UTC)
-# sku -> (costing method, unit cost £, Sage qty in LEEDS)
-CATALOGUE = {
+CATALOGUE: Catalogue = {
     "MUG-STONE": ("Average", Decimal("2.15"), 100),
     "CANDLE-FIG": ("Standard", Decimal("3.60"), 100),
     "TSHIRT-BLK-M": ("Average", Decimal("4.20"), 50),
@@ -62,53 +61,10 @@ def resources(request: pytest.FixtureRequest, tmp_path: Path, policy) -> dict[st
     return {"parity_db": db, "policy": PolicyResource(path=str(path))}
 
 
-def _frames(policy, wms_qty: dict[str, str]):
-    skus = list(CATALOGUE)
-    wms = pd.DataFrame(
-        {
-            "wms_sku": skus,
-            "wms_warehouse_id": 1,
-            "sellable_e5": [int(Decimal(wms_qty.get(s, str(CATALOGUE[s][2]))) * E5) for s in skus],
-            "quarantine_e5": 0,
-        }
-    )
-    sage = pd.DataFrame(
-        {
-            "sku": skus,
-            "warehouse": "LEEDS",
-            "product_group": "HOME",
-            "quantity_in_stock_e5": [CATALOGUE[s][2] * E5 for s in skus],
-            "free_stock_e5": [CATALOGUE[s][2] * E5 for s in skus],
-        }
-    )
-    no_events = pd.DataFrame(
-        {
-            "kind": pd.Series([], dtype=str),
-            "reference": pd.Series([], dtype=str),
-            "wms_sku": pd.Series([], dtype=str),
-            "wms_warehouse_id": pd.Series([], dtype="int64"),
-            "quantity_e5": pd.Series([], dtype="int64"),
-            "event_at": pd.Series([], dtype="datetime64[ns, UTC]"),
-            "sage_posted_at": pd.Series([], dtype="datetime64[ns, UTC]"),
-        }
-    )
-    prices = pd.DataFrame(
-        {
-            "sku": skus,
-            "product_group": "HOME",
-            "costing_method": [CATALOGUE[s][0] for s in skus],
-            "stock_nominal_code": "1002",
-            "standard_cost_e5": [int(CATALOGUE[s][1] * E5) for s in skus],
-            "average_buying_price_e5": [int(CATALOGUE[s][1] * E5) for s in skus],
-        }
-    )
-    return wms, sage, no_events, prices
-
-
 def fill_finance(resources, policy, wms_qty: dict[str, str]) -> None:
     """The finance tables exactly as the assets write them, computed by the domain functions."""
     db = resources["parity_db"].database()
-    wms, sage, events, prices = _frames(policy, wms_qty)
+    wms, sage, events, prices = position_frames(CATALOGUE, wms_qty)
     parity = stock_parity(wms, sage, events, policy, CUTOFF)
     detail, summary = valuation_deltas(parity, prices, policy)
     allocations = pd.DataFrame(

@@ -14,16 +14,16 @@ from sage_wms_pipeline.domain import checks
 from sage_wms_pipeline.domain.parity import stock_parity
 from sage_wms_pipeline.domain.policy import validate_policy
 from sage_wms_pipeline.domain.valuation import valuation_deltas
+from sage_wms_pipeline_tests.check_position import E5, Catalogue, position_frames
 
-E5 = 10**5
 CUTOFF = datetime(2026, 11, 30, 22, 30, tzinfo=UTC)
 
-# sku -> (unit cost £, Sage qty); all Average cost, all in LEEDS (WMS warehouse 1).
-CATALOGUE = {
-    "MUG": (Decimal("2.15"), 100),
-    "CANDLE": (Decimal("3.60"), 100),
-    "TSHIRT": (Decimal("4.20"), 50),
-    "THROW": (Decimal("22.40"), 20),
+# All Average cost, all in LEEDS (WMS warehouse 1).
+CATALOGUE: Catalogue = {
+    "MUG": ("Average", Decimal("2.15"), 100),
+    "CANDLE": ("Average", Decimal("3.60"), 100),
+    "TSHIRT": ("Average", Decimal("4.20"), 50),
+    "THROW": ("Average", Decimal("22.40"), 20),
 }
 
 
@@ -47,46 +47,8 @@ def thresholds(policy):
 
 def _tables(policy, wms_qty: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Parity and valuation as the domain computes them, for the given WMS quantities."""
-    skus = list(CATALOGUE)
-    wms = pd.DataFrame(
-        {
-            "wms_sku": skus,
-            "wms_warehouse_id": 1,
-            "sellable_e5": [int(Decimal(wms_qty.get(s, str(CATALOGUE[s][1]))) * E5) for s in skus],
-            "quarantine_e5": 0,
-        }
-    )
-    sage = pd.DataFrame(
-        {
-            "sku": skus,
-            "warehouse": "LEEDS",
-            "product_group": "HOME",
-            "quantity_in_stock_e5": [CATALOGUE[s][1] * E5 for s in skus],
-            "free_stock_e5": [CATALOGUE[s][1] * E5 for s in skus],
-        }
-    )
-    explanations = pd.DataFrame(
-        {
-            "kind": pd.Series([], dtype=str),
-            "reference": pd.Series([], dtype=str),
-            "wms_sku": pd.Series([], dtype=str),
-            "wms_warehouse_id": pd.Series([], dtype="int64"),
-            "quantity_e5": pd.Series([], dtype="int64"),
-            "event_at": pd.Series([], dtype="datetime64[ns, UTC]"),
-            "sage_posted_at": pd.Series([], dtype="datetime64[ns, UTC]"),
-        }
-    )
+    wms, sage, explanations, prices = position_frames(CATALOGUE, wms_qty)
     parity = stock_parity(wms, sage, explanations, policy, CUTOFF)
-    prices = pd.DataFrame(
-        {
-            "sku": skus,
-            "product_group": "HOME",
-            "costing_method": "Average",
-            "stock_nominal_code": "1002",
-            "standard_cost_e5": [int(CATALOGUE[s][0] * E5) for s in skus],
-            "average_buying_price_e5": [int(CATALOGUE[s][0] * E5) for s in skus],
-        }
-    )
     detail, summary = valuation_deltas(parity, prices, policy)
     return parity, detail, summary
 
